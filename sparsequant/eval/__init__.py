@@ -1,0 +1,1 @@
+"""Evaluation: perplexity now; zero-shot, size, latency and reports come with later stages."""

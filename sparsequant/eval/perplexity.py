@@ -1,0 +1,90 @@
+"""Perplexity of a causal LM on a text, with non-overlapping fixed-length windows.
+
+Protocol (design.md §6, HF "perplexity of fixed-length models" with stride = seq_len): tokenize
+the whole text without special tokens (no BOS), cut it into floor(n / seq_len) windows, drop the
+tail; inside each window token t predicts token t+1, so a window scores seq_len - 1 tokens.
+Perplexity = exp(total NLL / scored tokens).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from sparsequant.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    perplexity: float
+    nll: float  # mean negative log-likelihood per scored token (nats)
+    windows: int
+    tokens: int  # tokens fed through the model (windows * seq_len)
+    scored_tokens: int  # tokens whose likelihood was scored (windows * (seq_len - 1))
+    seconds: float
+    tokens_per_s: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def token_windows(token_ids: list[int], seq_len: int, max_windows: int | None = None) -> torch.Tensor:
+    """(windows, seq_len) LongTensor of non-overlapping windows; ConfigError if none fits."""
+    windows = len(token_ids) // seq_len
+    if windows == 0:
+        raise ConfigError(
+            f"the text has {len(token_ids)} tokens, fewer than one window of seq_len={seq_len}; "
+            "use a longer text or a smaller seq_len"
+        )
+    if max_windows is not None:
+        windows = min(windows, max_windows)
+    return torch.tensor(token_ids[: windows * seq_len], dtype=torch.long).view(windows, seq_len)
+
+
+def _autocast(device: str, dtype: torch.dtype | None):
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+@torch.no_grad()
+def window_nll_sum(model, windows: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> float:
+    """Summed next-token NLL over a (B, T) batch of windows; logits scored in fp32."""
+    device = next(model.parameters()).device
+    batch = windows.to(device)
+    with _autocast(str(device), autocast_dtype):
+        logits = model(input_ids=batch).logits  # (B, T, V)
+    # (B, T-1, V) predictions for tokens 1..T-1; fp32 keeps bf16 runs comparable to fp32 ones.
+    pred = logits[:, :-1].float().flatten(0, 1)
+    return float(F.cross_entropy(pred, batch[:, 1:].flatten(), reduction="sum"))
+
+
+def perplexity(
+    model, tokenizer, text: str, seq_len: int = 512, batch_size: int = 4,
+    autocast_dtype: torch.dtype | None = None, max_windows: int | None = None, progress: bool = True,
+) -> PerplexityResult:
+    """Perplexity of `model` on `text` with the protocol in the module docstring."""
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    windows = token_windows(ids, seq_len, max_windows)
+    started = time.perf_counter()
+    total_nll = 0.0
+    bar = tqdm(total=len(windows), desc="perplexity", unit="win", disable=not progress, leave=False)
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
+        total_nll += window_nll_sum(model, chunk, autocast_dtype)
+        bar.update(len(chunk))
+        bar.set_postfix(ppl=f"{math.exp(total_nll / ((start + len(chunk)) * (seq_len - 1))):.2f}")
+    bar.close()
+    seconds = time.perf_counter() - started
+    scored = len(windows) * (seq_len - 1)
+    nll = total_nll / scored
+    return PerplexityResult(
+        perplexity=math.exp(nll), nll=nll, windows=len(windows), tokens=windows.numel(),
+        scored_tokens=scored, seconds=seconds, tokens_per_s=windows.numel() / max(seconds, 1e-9),
+    )

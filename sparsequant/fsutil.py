@@ -1,0 +1,65 @@
+"""Small filesystem helpers: sha256 of files, atomic file writes, clear disk-full errors."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from sparsequant.errors import ArtifactError
+
+_CHUNK = 1 << 22
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so a reader sees the old file or the whole new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with disk_errors(path):
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link `src` to `dst` (no extra disk for unchanged weights), copying across filesystems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def disk_errors(where: Path) -> Iterator[None]:
+    """Turn a full disk or a read-only location into an ArtifactError that says how to fix it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ArtifactError(
+                f"the disk is full while writing {where}. Nothing complete was overwritten; free "
+                "space (or choose another --output-dir) and re-run: finished stages are kept."
+            ) from exc
+        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise ArtifactError(
+                f"cannot write {where}: {exc.strerror}. Choose a writable --output-dir."
+            ) from exc
+        raise

@@ -1,0 +1,113 @@
+"""The `sparsequant.json` manifest: what an artifact is, how it was made, and what was measured.
+
+Reading is strict about required keys and about a schema_version newer than we understand, and
+tolerant (ignored, with a warning) about unknown keys a newer sparsequant may have added.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sparsequant.errors import ArtifactError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "sparsequant.json"
+log = logging.getLogger(__name__)
+
+
+class _Section(BaseModel):
+    # Unknown keys from a newer writer are kept out of the model but do not fail the read.
+    model_config = ConfigDict(extra="ignore")
+
+
+class StageRecord(_Section):
+    name: str
+    id: str
+    config: dict[str, Any] = {}
+    config_sha256: str
+    duration_s: float = 0.0
+
+
+class ParentRecord(_Section):
+    path: str
+    manifest_sha256: str
+
+
+class ModelInfo(_Section):
+    architecture: str
+    dtype: str
+    num_parameters: int
+    files: dict[str, str] = {}
+
+
+class SparsityInfo(_Section):
+    pattern: str
+    include: list[str]
+    exclude: list[str]
+    targets: list[str]
+    verified: bool
+    zero_fraction: float
+    layers: int
+    per_layer: dict[str, float] = {}
+
+
+class Manifest(_Section):
+    schema_version: int = SCHEMA_VERSION
+    sparsequant_version: str
+    created_at: str
+    stage: StageRecord
+    parent: ParentRecord | None = None
+    lineage: list[dict[str, Any]] = []
+    model: ModelInfo
+    sparsity: SparsityInfo | None = None
+    quantization: dict[str, Any] | None = None
+    metrics: dict[str, Any] = {}
+    environment: dict[str, str] = {}
+    warnings: list[str] = []
+
+    def facts(self) -> set[str]:
+        """Names of the optional sections present (what later stages may `require`)."""
+        return {k for k in ("sparsity", "quantization") if getattr(self, k) is not None}
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parse `path/sparsequant.json`; ArtifactError when missing, malformed or too new."""
+    file = path / MANIFEST_NAME
+    if not file.is_file():
+        raise ArtifactError(
+            f"{path} is not a complete sparsequant artifact: {MANIFEST_NAME} is missing. "
+            "An interrupted stage leaves no manifest; re-run the pipeline to redo it, or import a "
+            "model with `sparsequant import SOURCE --out DIR`."
+        )
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{file} is not valid JSON ({exc}); the artifact is damaged, re-create it") from exc
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{file} has schema_version {version}, newer than this sparsequant understands "
+            f"({SCHEMA_VERSION}); upgrade sparsequant to read it."
+        )
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ArtifactError(f"{file} is not a valid manifest:\n{exc}") from exc
+    unknown = set(data) - set(Manifest.model_fields)
+    if unknown:
+        warnings.warn(f"{file}: ignoring unknown manifest keys {sorted(unknown)}", stacklevel=2)
+    return manifest

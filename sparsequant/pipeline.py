@@ -1,0 +1,117 @@
+"""run_pipeline(): import the input, then for each stage resolve, skip if done, run, verify.
+
+Resume is by identity: a stage's output directory is complete when its manifest exists, and it
+is reused when the manifest's config_sha256 (stage name + config + exact input manifest) matches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from sparsequant.artifact import Artifact
+from sparsequant.config import LoadedPipeline
+from sparsequant.errors import ArtifactError, ConfigError, StageError, ValidationFailed
+from sparsequant.fsutil import atomic_write_text
+from sparsequant.manifest import read_manifest
+from sparsequant.registry import Registry
+from sparsequant.stage import StageConfig, StageContext, config_sha256
+from sparsequant.stages.import_model import ImportConfig, ImportStage
+from sparsequant.verify import verify_artifact
+
+log = logging.getLogger("sparsequant")
+
+
+@dataclass
+class StageOutcome:
+    stage_id: str
+    path: Path
+    status: str  # "ran" | "reused"
+    seconds: float
+
+
+@dataclass
+class PipelineResult:
+    final: Artifact
+    outcomes: list[StageOutcome] = field(default_factory=list)
+
+
+def resolve_output_dir(loaded: LoadedPipeline, output_dir: Path | None) -> Path:
+    out = Path(output_dir) if output_dir else Path(loaded.spec.output_dir).expanduser()
+    out = out if out.is_absolute() else (Path.cwd() / out if output_dir else loaded.base_dir / out)
+    out = out.resolve()
+    source = (loaded.base_dir / loaded.spec.input).resolve()
+    if source.exists() and (out == source or out in source.parents):
+        raise ConfigError(f"output_dir {out} contains the input {source}; choose an output directory "
+                          "outside the input so nothing of it can be overwritten")
+    return out
+
+
+def _existing(path: Path, expected_sha: str, force: bool) -> Artifact | None:
+    """The finished artifact at `path` if it was made by this exact stage run, else None."""
+    if not Artifact.is_complete(path):
+        return None
+    if read_manifest(path).stage.config_sha256 == expected_sha:
+        return Artifact.load(path)
+    if not force:
+        raise ArtifactError(f"{path} already holds a different artifact (made with another config or input). "
+                            "Re-run with --force to replace it, or choose another --output-dir.")
+    return None
+
+
+def _run_one(stage_cls, config: StageConfig, stage_id: str, parent: Artifact | None, root: Path,
+             loaded: LoadedPipeline, force: bool, progress: bool) -> tuple[Artifact, StageOutcome]:
+    out_dir = root / stage_id
+    sha = config_sha256(stage_cls.name, config, parent.manifest_sha256 if parent else None)
+    started = time.time()
+    found = _existing(out_dir, sha, force)
+    if found is not None:
+        log.info("[%s] already done with the same config and input: reusing %s", stage_id, out_dir)
+        return found, StageOutcome(stage_id, out_dir, "reused", 0.0)
+    missing = set(stage_cls.requires) - (parent.manifest.facts() if parent else set())
+    if missing:
+        raise StageError(stage_cls.name, f"needs {sorted(missing)} in its input manifest ({parent.path})")
+    spec = loaded.spec
+    ctx = StageContext(out_dir=out_dir, work_dir=out_dir.with_name(out_dir.name + ".work"), base_dir=loaded.base_dir,
+                       stage_id=stage_id, config_sha256=sha, device=spec.device, seed=spec.seed, force=force,
+                       trust_remote_code=spec.trust_remote_code, progress=progress, log=log)
+    log.info("[%s] running", stage_id)
+    artifact = stage_cls(config).run(parent, ctx)
+    report = verify_artifact(artifact)
+    if not report.ok:
+        raise ValidationFailed(f"[{stage_id}] output {artifact.path}", report.checksum_failures + report.nm_failures)
+    seconds = time.time() - started
+    log.info("[%s] done in %.1f s -> %s", stage_id, seconds, artifact.path)
+    return artifact, StageOutcome(stage_id, artifact.path, "ran", seconds)
+
+
+def run_pipeline(loaded: LoadedPipeline, registry: Registry, output_dir: Path | None = None,
+                 force: bool = False, progress: bool = True) -> PipelineResult:
+    """Run every stage of a validated pipeline, resuming finished ones; returns the last artifact."""
+    root = resolve_output_dir(loaded, output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / "pipeline.yaml", yaml.safe_dump(loaded.spec.model_dump(mode="json"), sort_keys=False))
+    import_config = ImportConfig(source=loaded.spec.input)
+    artifact, outcome = _run_one(ImportStage, import_config, "00_import", None, root, loaded, force, progress)
+    result = PipelineResult(artifact, [outcome])
+    for i, (stage_spec, config) in enumerate(zip(loaded.spec.stages, loaded.stage_configs, strict=True), start=1):
+        stage_id = f"{i:02d}_{stage_spec.id or stage_spec.stage}"
+        artifact, outcome = _run_one(registry.get(stage_spec.stage), config, stage_id, artifact, root, loaded,
+                                     force, progress)
+        result.outcomes.append(outcome)
+    result.final = artifact
+    return result
+
+
+def import_to(source: str, out: Path, dtype: str = "float32", force: bool = False, progress: bool = True) -> Artifact:
+    """`sparsequant import`: one import stage writing to `out` (relative paths from the cwd)."""
+    out = out.resolve()
+    config = ImportConfig(source=source, dtype=dtype)
+    sha = config_sha256(ImportStage.name, config, None)
+    ctx = StageContext(out_dir=out, work_dir=out.with_name(out.name + ".work"), base_dir=Path.cwd(),
+                       stage_id="import", config_sha256=sha, force=force, progress=progress, log=log)
+    return ImportStage(config).run(None, ctx)

@@ -1,0 +1,85 @@
+"""The Stage protocol: `StageCls(config).run(artifact, ctx) -> Artifact`, nothing more.
+
+A stage instance holds only its frozen config; everything else arrives through `ctx` or the
+input artifact. Plugins need not inherit from anything: `check_stage_class` gives clear errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+from sparsequant.errors import RegistryError
+from sparsequant.schema import StrictModel
+
+if TYPE_CHECKING:
+    from sparsequant.artifact import Artifact
+
+
+class StageConfig(StrictModel):
+    """Base of every stage's config: unknown keys are errors, values are immutable."""
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage may know about the run besides its config and input artifact."""
+
+    out_dir: Path  # where the stage's artifact goes (written via ArtifactWriter)
+    work_dir: Path  # scratch space that survives a kill: checkpoints for resume (DIR.work/)
+    base_dir: Path  # relative paths in configs are resolved against this (the YAML's folder)
+    stage_id: str
+    config_sha256: str
+    device: str = "cpu"
+    seed: int = 0
+    force: bool = False
+    trust_remote_code: bool = False
+    progress: bool = True
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("sparsequant"))
+
+    def resolve(self, path: str | Path) -> Path:
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+
+@runtime_checkable
+class Stage(Protocol):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Config: ClassVar[type[StageConfig]]
+    requires: ClassVar[frozenset[str]]  # manifest facts needed on the input, e.g. {"sparsity"}
+    provides: ClassVar[frozenset[str]]  # facts the output adds, e.g. {"quantization"}
+
+    def __init__(self, config: StageConfig) -> None: ...
+
+    def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact: ...
+
+
+def check_stage_class(cls: object, name: str) -> type:
+    """Raise RegistryError unless `cls` looks like a Stage registered under `name`."""
+    problems = []
+    if not isinstance(cls, type):
+        problems.append("it is not a class")
+    else:
+        if getattr(cls, "name", None) != name:
+            problems.append(f"its `name` is {getattr(cls, 'name', None)!r}, not {name!r}")
+        config = getattr(cls, "Config", None)
+        if not (isinstance(config, type) and issubclass(config, StageConfig)):
+            problems.append("its `Config` is not a sparsequant.stage.StageConfig subclass")
+        for attr in ("requires", "provides"):
+            if not isinstance(getattr(cls, attr, None), frozenset):
+                problems.append(f"its `{attr}` is not a frozenset")
+        if not callable(getattr(cls, "run", None)):
+            problems.append("it has no run() method")
+    if problems:
+        raise RegistryError(f"stage {name!r} ({cls!r}) is not a valid Stage: " + "; ".join(problems))
+    return cls  # type: ignore[return-value]
+
+
+def config_sha256(stage_name: str, config: StageConfig, parent_manifest_sha256: str | None) -> str:
+    """Identity of a stage run: its name, its config, and the exact input it ran on."""
+    payload = {"stage": stage_name, "config": config.model_dump(mode="json"), "parent": parent_manifest_sha256}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

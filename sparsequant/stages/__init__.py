@@ -1,0 +1,1 @@
+"""Built-in stages: thin adapters between the pipeline and the maths in the other packages."""

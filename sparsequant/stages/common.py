@@ -1,0 +1,70 @@
+"""What every model-writing stage shares: target selection, N:M verification, artifact writing."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from sparsequant.artifact import Artifact, ArtifactWriter, count_parameters
+from sparsequant.errors import StageError
+from sparsequant.manifest import SparsityInfo, StageRecord
+from sparsequant.sparsity.report import divisibility_problems, nm_failures, zero_fractions
+from sparsequant.sparsity.targets import select_linears
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from sparsequant.sparsity.spec import SparsitySpec
+    from sparsequant.stage import StageConfig, StageContext
+
+
+def select_targets(stage: str, model: nn.Module, spec: SparsitySpec) -> dict[str, nn.Linear]:
+    """The Linear layers `spec` selects; StageError if none, or if any cannot hold N:M."""
+    targets = select_linears(model, spec.include, spec.exclude)
+    if not targets:
+        raise StageError(stage, f"no Linear layer matches include={spec.include} exclude={spec.exclude}; "
+                         "fix the globs (module names look like 'model.layers.0.mlp.up_proj')")
+    problems = divisibility_problems({n: tuple(m.weight.shape) for n, m in targets.items()}, spec.nm)
+    if problems:
+        raise StageError(stage, f"the model is not {spec.pattern}-compatible: " + "; ".join(problems[:5])
+                         + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+                         + ". Exclude those layers in `sparsity.exclude` or choose an M that divides them.")
+    return targets
+
+
+def verified_sparsity(stage: str, targets: dict[str, nn.Linear], spec: SparsitySpec) -> SparsityInfo:
+    """Check exact N:M on every target and build the manifest's `sparsity` section."""
+    weights = {name: module.weight.detach() for name, module in targets.items()}
+    failures = nm_failures(weights, spec.nm)
+    if failures:
+        raise StageError(stage, f"output is not exactly {spec.pattern}: " + "; ".join(failures[:5]))
+    per_layer, overall = zero_fractions(weights)
+    return SparsityInfo(pattern=spec.pattern, include=list(spec.include), exclude=list(spec.exclude),
+                        targets=list(weights), verified=True, zero_fraction=overall, layers=len(weights),
+                        per_layer=per_layer)
+
+
+def stage_record(name: str, config: StageConfig, ctx: StageContext, started: float) -> StageRecord:
+    return StageRecord(name=name, id=ctx.stage_id, config=config.model_dump(mode="json"),
+                       config_sha256=ctx.config_sha256, duration_s=round(time.time() - started, 3))
+
+
+def model_info(model) -> dict[str, Any]:
+    return {"architecture": type(model).__name__, "dtype": str(model.dtype).removeprefix("torch."),
+            "num_parameters": count_parameters(model)}
+
+
+def write_model_artifact(
+    name: str, config: StageConfig, ctx: StageContext, started: float, parent: Artifact | None,
+    model, tokenizer, lineage: dict[str, Any] | None = None, **sections: Any,
+) -> Artifact:
+    """Save `model` + `tokenizer` as this stage's artifact, atomically, with its manifest."""
+    writer = ArtifactWriter(ctx.out_dir, force=ctx.force)
+    try:
+        writer.save_model(model, tokenizer)
+        entry = {"stage": name, "config_sha256": ctx.config_sha256, **(lineage or {})}
+        return writer.commit(stage_record(name, config, ctx, started), model_info(model), parent, entry,
+                             ctx.device, **sections)
+    except BaseException:
+        writer.abort()
+        raise

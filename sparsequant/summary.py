@@ -1,0 +1,52 @@
+"""Human-readable output of the CLI (rich tables); library code never prints."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from sparsequant.artifact import Artifact
+
+
+def _headline_metrics(artifact: Artifact) -> str:
+    ppl = artifact.manifest.metrics.get("perplexity", {})
+    return escape(", ".join(f"ppl[{k}]={v:.3f}" for k, v in ppl.items())) or "-"
+
+
+def print_run_summary(result, console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title="sparsequant run")
+    for column in ("stage", "status", "time (s)", "sparsity", "metrics"):
+        table.add_column(column)
+    for outcome in result.outcomes:
+        artifact = Artifact.load(outcome.path, verify=False)
+        sparsity = artifact.manifest.sparsity
+        sp = f"{sparsity.pattern} ({sparsity.zero_fraction:.4f} zeros, {sparsity.layers} layers)" if sparsity else "dense"
+        table.add_row(outcome.stage_id, outcome.status, f"{outcome.seconds:.1f}", sp, _headline_metrics(artifact))
+    console.print(table)
+    console.print(f"artifacts in {result.final.path.parent}; final: {result.final.path.name}")
+
+
+def print_manifest(artifact: Artifact, verified=None, console: Console | None = None) -> None:
+    console = console or Console()
+    m = artifact.manifest
+    console.print(f"[bold]{artifact.path}[/bold]  (stage {m.stage.name}, {m.created_at}, sparsequant {m.sparsequant_version})")
+    console.print(f"model: {m.model.architecture}, {m.model.dtype}, {m.model.num_parameters:,} parameters, "
+                  f"{len(m.model.files)} files")
+    console.print("lineage: " + " -> ".join(entry.get("stage", "?") for entry in m.lineage))
+    if m.sparsity:
+        console.print(f"sparsity: {m.sparsity.pattern} on {m.sparsity.layers} layers, zero fraction "
+                      f"{m.sparsity.zero_fraction:.4f}, excluded {m.sparsity.exclude}")
+    if m.quantization:
+        console.print(f"quantization: {m.quantization}")
+    for key, value in m.metrics.get("perplexity", {}).items():
+        console.print(escape(f"perplexity {key}: {value:.4f}"))
+    for warning in m.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if verified is not None:
+        status = "[green]OK[/green]" if verified.ok else "[red]FAILED[/red]"
+        console.print(f"verify: checksums {len(m.model.files) - len(verified.checksum_failures)}/{len(m.model.files)}, "
+                      f"N:M layers checked {verified.layers_checked}: {status}")
+        for line in verified.checksum_failures + verified.nm_failures:
+            console.print(f"  [red]{line}[/red]")

@@ -1,0 +1,82 @@
+"""Tiny models, tokenizers and artifacts for tests and for plugin authors (no downloads).
+
+Sizes are multiples of 32/64 so every in_features (64, 128) fits 2:4, 4:8 and GPTQ groups of 32/64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+TINY_VOCAB = 256 + len(SPECIAL_TOKENS)
+
+_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer (256 byte tokens + 4 specials) built locally with `tokenizers`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()  # the 256 printable stand-ins for bytes
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    for token in SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", bos_token="<|im_start|>",
+                                        pad_token="<pad>", additional_special_tokens=SPECIAL_TOKENS[1:3])
+    tokenizer.chat_template = _CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama(seed: int = 0, **overrides):
+    """A 2-layer LlamaForCausalLM (~0.1 M parameters) with random weights, in eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = dict(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  tie_word_embeddings=False, eos_token_id=256, bos_token_id=257, pad_token_id=259)
+    return LlamaForCausalLM(LlamaConfig(**(config | overrides))).eval()
+
+
+def sample_text(repeats: int = 40) -> str:
+    """A few KB of deterministic English-like text for perplexity and training tests."""
+    sentences = [
+        "The quick brown fox jumps over the lazy dog.",
+        "Sparse models keep two of every four weights.",
+        "A mask is recomputed every ten steps during training.",
+        "Perplexity measures how surprised a language model is by text.",
+        "Quantization stores each weight on a small grid of values.",
+    ]
+    return "\n\n".join(" ".join(sentences[(i + j) % 5] for j in range(3)) for i in range(repeats))
+
+
+def save_tiny_model(directory: Path, seed: int = 0, **overrides) -> Path:
+    """Write tiny_llama + tiny_tokenizer as a transformers directory (the input of a pipeline)."""
+    directory = Path(directory)
+    tiny_llama(seed, **overrides).save_pretrained(directory, safe_serialization=True)
+    tiny_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def make_artifact(directory: Path, seed: int = 0, **overrides):
+    """A complete artifact (model, tokenizer, manifest) of the tiny model, as `import` writes it."""
+    from sparsequant.stage import StageContext
+    from sparsequant.stages.import_model import ImportConfig, ImportStage
+
+    directory = Path(directory)
+    source = save_tiny_model(directory.with_name(directory.name + "_src"), seed, **overrides)
+    config = ImportConfig(source=str(source))
+    sha = hashlib.sha256(f"tiny:{seed}:{sorted(overrides.items())}:{time.time()}".encode()).hexdigest()
+    ctx = StageContext(out_dir=directory, work_dir=directory.with_name(directory.name + ".work"),
+                       base_dir=directory.parent, stage_id="00_import", config_sha256=sha, progress=False)
+    return ImportStage(config).run(None, ctx)
