@@ -15,6 +15,14 @@ from sparsequant.errors import ArtifactError
 _CHUNK = 1 << 22
 
 
+def user_cache_dir() -> Path:
+    """$SPARSEQUANT_CACHE, else $XDG_CACHE_HOME/sparsequant, else ~/.cache/sparsequant."""
+    if os.environ.get("SPARSEQUANT_CACHE"):
+        return Path(os.environ["SPARSEQUANT_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "sparsequant"
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 4 MiB chunks."""
     digest = hashlib.sha256()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparsequant.errors import ArtifactError, ConfigError
-from sparsequant.fsutil import sha256_file
+from sparsequant.fsutil import sha256_file, user_cache_dir
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,8 @@ BUILTIN_MODELS = {
 TINY_MODEL = "tiny-llama"
 
 
-def cache_dir() -> Path:
-    """$SPARSEQUANT_CACHE, else $XDG_CACHE_HOME/sparsequant, else ~/.cache/sparsequant."""
-    if os.environ.get("SPARSEQUANT_CACHE"):
-        return Path(os.environ["SPARSEQUANT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sparsequant"
-
-
 def builtin_gguf_path(name: str) -> Path:
-    return cache_dir() / "models" / name / BUILTIN_MODELS[name].filename
+    return user_cache_dir() / "models" / name / BUILTIN_MODELS[name].filename
 
 
 def fetch_builtin(name: str) -> Path:
