@@ -20,11 +20,13 @@ BUILTIN_STAGES: dict[str, str] = {
     "import": "sparsequant.stages.import_model:ImportStage",
     "prune": "sparsequant.stages.prune:PruneStage",
     "evaluate": "sparsequant.stages.evaluate:EvaluateStage",
+    "cast": "sparsequant.stages.cast:CastStage",
 }
 BUILTIN_SUMMARIES: dict[str, str] = {
     "import": "load a transformers directory, a .gguf file or a built-in model into an artifact",
     "prune": "one-shot N:M pruning (magnitude) of the selected Linear layers",
     "evaluate": "perplexity of a text file (and tokens/s) into the manifest",
+    "cast": "CAST sparsity-aware N:M training (AdamS, moving masks, scales, KD); or masked_kd",
 }
 
 

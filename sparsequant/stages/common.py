@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparsequant.artifact import Artifact, ArtifactWriter, count_parameters
@@ -56,12 +58,15 @@ def model_info(model) -> dict[str, Any]:
 
 def write_model_artifact(
     name: str, config: StageConfig, ctx: StageContext, started: float, parent: Artifact | None,
-    model, tokenizer, lineage: dict[str, Any] | None = None, **sections: Any,
+    model, tokenizer, lineage: dict[str, Any] | None = None, extra_files: dict[str, Path] | None = None,
+    **sections: Any,
 ) -> Artifact:
-    """Save `model` + `tokenizer` as this stage's artifact, atomically, with its manifest."""
+    """Save `model` + `tokenizer` (+ `extra_files`: name -> source path) as this stage's artifact."""
     writer = ArtifactWriter(ctx.out_dir, force=ctx.force)
     try:
         writer.save_model(model, tokenizer)
+        for name, source in (extra_files or {}).items():
+            writer.write_extra(name, lambda target, source=source: shutil.copyfile(source, target))
         entry = {"stage": name, "config_sha256": ctx.config_sha256, **(lineage or {})}
         return writer.commit(stage_record(name, config, ctx, started), model_info(model), parent, entry,
                              ctx.device, **sections)

@@ -1,0 +1,85 @@
+"""`cast` stage: 2:4 sparsity-aware training (CAST) or the masked-KD control, on one artifact."""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from sparsequant.data.sources import DataConfig
+from sparsequant.schema import StrictModel
+from sparsequant.sparsity.spec import SparsitySpec
+from sparsequant.stage import StageConfig, StageContext
+from sparsequant.stages.common import select_targets, verified_sparsity, write_model_artifact
+
+
+class DistillSpec(StrictModel):
+    eta: float = Field(1 / 3, ge=0, le=1)  # KL weight; CAST's LLaMA value (cast-notes §1.6)
+    temperature: float = Field(1.0, gt=0)  # Eq. 13 has none, so T = 1
+    teacher_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+
+
+class CastConfig(StageConfig):
+    method: Literal["cast", "masked_kd"] = "cast"
+    sparsity: SparsitySpec = SparsitySpec()
+    data: DataConfig = DataConfig()
+    steps: int = Field(100, ge=1)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    lam: float = Field(1e-3, ge=0)  # λ, of the order of typical gradients (cast-notes §1.4)
+    alpha_ramp: float = Field(1.0, gt=0, le=1)  # α_t = min(1, t / (alpha_ramp·T)); 1.0 = the paper
+    mask_interval: int = Field(10, ge=1)  # T1
+    scale_blocks: int = Field(2, ge=0)  # n column blocks of learnable scales per row; 0 = off
+    distill: DistillSpec = DistillSpec()
+    autocast: Literal["bfloat16", "float32"] = "bfloat16"
+    grad_clip: float | None = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    log_interval: int = Field(10, ge=1)
+    eval_interval: int | None = Field(None, ge=1)
+    eval_blocks: int = Field(8, ge=1)
+    checkpoint_interval: int | None = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _train_split(self):
+        if self.data.split != "train":
+            raise ValueError("data.split must be 'train' for training; held-out text is used for evaluation")
+        return self
+
+
+class CastStage:
+    """Train a dense model into an exact N:M model with CAST, or with the masked-KD control.
+
+    Example YAML:  - stage: cast
+                     config: {method: cast, steps: 500, lr: 1.0e-4, lam: 1.0e-3,
+                              sparsity: {pattern: "2:4"}, data: {source: builtin, block_size: 256}}
+    Reads: the dense model (it is also the frozen teacher).  Writes: the N:M model, `sparsity`
+    (verified), metrics.train; metrics.jsonl and checkpoints in the stage's work directory.
+    """
+
+    name: ClassVar[str] = "cast"
+    summary: ClassVar[str] = "CAST sparsity-aware N:M training (AdamS, moving masks, scales, KD); or masked_kd"
+    Config = CastConfig
+    requires: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset({"sparsity"})
+
+    def __init__(self, config: CastConfig):
+        self.config = config
+
+    def run(self, artifact, ctx: StageContext):
+        from sparsequant.training.run import train_sparse
+
+        started = time.time()
+        model, tokenizer = artifact.load_model(ctx.device, trust_remote_code=ctx.trust_remote_code)
+        targets = select_targets(self.name, model, self.config.sparsity)
+        report = train_sparse(model, tokenizer, artifact, targets, self.config, ctx)
+        sparsity = verified_sparsity(self.name, targets, self.config.sparsity)
+        return write_model_artifact(self.name, self.config, ctx, started, artifact, model, tokenizer,
+                                    sparsity=sparsity, metrics={"train": report.metrics},
+                                    warnings=report.warnings, extra_files=report.extra_files)

@@ -1,0 +1,253 @@
+"""AdamS: the sparsity-aware Adam of CAST (arXiv 2509.25996, Eq. 7-8; cast-notes §1.4).
+
+For a weight θ with a boolean N:M mask m (True = kept), one step is::
+
+    μ_t  = β1·μ_{t-1} + (1-β1)·g_t                   raw gradient only (decay never enters μ)
+    μ~_t = μ_t                                       where m is True
+    μ~_t = (1-α_t)·μ_t + α_t·λ·sign(θ_{t-1})         where m is False (sign(0) = 0)
+    v_t  = β2·v_{t-1} + (1-β2)·μ~_t²                 every entry: kept entries use μ², not g²
+    θ_t  = θ_{t-1} - lr·(μ~_t / (1-β1^t)) / (sqrt(v_t / (1-β2^t)) + ε)
+
+μ~ is transient (rebuilt each step), so the decay direction follows the current sign of θ instead
+of lagging in the momentum. Once α·λ dominates μ, Adam's normalisation turns the step of a masked
+weight into about lr·sign(θ): the total distance it can travel is about Σ lr_t·α_t (see
+`sparsequant.training.schedule.decay_travel_bound`). Parameters without a mask get plain Adam
+(g into both moments), identical to `torch.optim.Adam(weight_decay=0)`.
+
+State is fp32 whatever the parameter dtype: with λ ~ 1e-7 the per-step decay is far below bf16
+resolution (cast-notes §1.4), so keep master weights in fp32 too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
+from typing import Any
+
+import torch
+
+# State entries whose dtype is ours, not the parameter's (see AdamS.load_state_dict).
+_STATE_DTYPES = {"mask": torch.bool, "exp_avg": torch.float32, "exp_avg_sq": torch.float32}
+
+
+class AdamS(torch.optim.Optimizer):
+    """Adam with CAST's proportional sign decay of masked entries, mixed in after the first moment.
+
+    Each param group carries ``lr, betas, eps, lam`` (λ) and ``alpha`` (α_t); the training loop
+    writes ``group["alpha"]`` before every step (see `alpha_at`). Masks are per parameter and set
+    with `set_mask`; a parameter without a mask is updated by plain Adam.
+
+    Args:
+        params: parameters or param-group dicts, as for any torch optimizer.
+        lr: learning rate γ.
+        betas: (β1, β2) for the first and second moments.
+        eps: ε added to sqrt(v^) in the denominator.
+        lam: decay coefficient λ; same order as typical gradients (cast-notes §1.4).
+        alpha: mixing weight α_t in [0, 1]; 0 gives no decay.
+        maximize: must be False (kept for signature compatibility with torch optimizers).
+
+    Raises:
+        ValueError: on an out-of-range hyperparameter or ``maximize=True``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        lam: float = 0.0,
+        alpha: float = 0.0,
+        maximize: bool = False,
+    ) -> None:
+        if maximize:
+            raise ValueError("AdamS supports only maximize=False (negate the loss instead)")
+        if lr < 0.0 or eps < 0.0 or lam < 0.0:
+            raise ValueError(f"lr, eps and lam must be >= 0, got lr={lr}, eps={eps}, lam={lam}")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        _check_alpha(alpha)
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "lam": lam, "alpha": alpha}
+        super().__init__(params, defaults)
+
+    def set_mask(self, param: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Attach the keep-mask of `param` (True = kept), or remove it with ``None``.
+
+        The mask is stored in ``self.state[param]["mask"]`` without a copy when it is already a
+        bool tensor on the parameter's device; recompute it every T1 steps *before* `step`.
+
+        Args:
+            param: a parameter of this optimizer.
+            mask: bool tensor of the same shape as `param`, or None for plain Adam.
+
+        Raises:
+            ValueError: if `param` is not optimized here or the shapes differ.
+        """
+        if not any(param is p for group in self.param_groups for p in group["params"]):
+            raise ValueError("set_mask: tensor is not a parameter of this optimizer")
+        if mask is None:
+            self.state[param].pop("mask", None)
+            return
+        if mask.shape != param.shape:
+            raise ValueError(
+                f"set_mask: mask shape {tuple(mask.shape)} != param shape {tuple(param.shape)}"
+            )
+        self.state[param]["mask"] = mask.detach().to(device=param.device, dtype=torch.bool)
+
+    def masked_params(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(param, mask)`` for every parameter that has a mask (for logging)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                mask = self.state.get(p, {}).get("mask")
+                if mask is not None:
+                    yield p, mask
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimisation step; returns the closure's loss if one is given.
+
+        Raises:
+            RuntimeError: for sparse gradients.
+            ValueError: when a group's ``alpha`` is outside [0, 1].
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            _check_alpha(group["alpha"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._group_step(group, params)
+        return loss
+
+    def _group_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        alpha, lam = float(group["alpha"]), float(group["lam"])
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError("AdamS does not support sparse gradients")
+            state = self.state[p]
+            if "step" not in state:  # lazy init; fp32 moments whatever p.dtype is
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+        states = [self.state[p] for p in params]
+        # fp32 working copies of non-fp32 params (none for fp32 masters); written back at the end.
+        work = [p if p.dtype == torch.float32 else p.float() for p in params]
+        grads = [p.grad.float() for p in params]
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1.0)
+
+        # μ ← β1·μ + (1-β1)·g for every param (the same lerp as torch.optim.Adam).
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+
+        is_masked = ["mask" in s for s in states]
+        plain = [i for i, m in enumerate(is_masked) if not m]
+        masked = [i for i, m in enumerate(is_masked) if m]
+        numerators: list[torch.Tensor | None] = [None] * len(params)
+        if plain:  # plain Adam: v ← β2·v + (1-β2)·g², numerator μ
+            g_plain = [grads[i] for i in plain]
+            sq_plain = [exp_avg_sqs[i] for i in plain]
+            torch._foreach_addcmul_(sq_plain, g_plain, g_plain, 1.0 - beta2)
+            for i in plain:
+                numerators[i] = exp_avgs[i]
+        if masked:
+            mus = [exp_avgs[i] for i in masked]
+            if alpha == 0.0:
+                tilde = mus  # μ~ = μ exactly; skip the sign temporaries
+            else:
+                masks = [states[i]["mask"] for i in masked]
+                # μ~ = μ + α·(1-m)·(λ·sign θ - μ): equals μ on kept entries and
+                # (1-α)·μ + α·λ·sign θ on masked ones. One fp32 temporary per param, (out, in).
+                tilde = torch._foreach_sign([work[i] for i in masked])
+                torch._foreach_mul_(tilde, lam)
+                torch._foreach_sub_(tilde, mus)
+                torch._foreach_addcmul_(tilde, tilde, masks, value=-1.0)  # zero the kept entries
+                torch._foreach_mul_(tilde, alpha)
+                torch._foreach_add_(tilde, mus)
+            # v ← β2·v + (1-β2)·μ~² on every entry of a masked param (kept ones get μ², Eq. 8).
+            torch._foreach_addcmul_([exp_avg_sqs[i] for i in masked], tilde, tilde, 1.0 - beta2)
+            for i, t in zip(masked, tilde, strict=True):
+                numerators[i] = t
+        del grads
+
+        # θ ← θ - lr/(1-β1^t) · num / (sqrt(v)/sqrt(1-β2^t) + ε), written as in torch.optim.Adam.
+        step_size = [-group["lr"] / (1.0 - beta1 ** s.item()) for s in steps]
+        bc2_sqrt = [(1.0 - beta2 ** s.item()) ** 0.5 for s in steps]
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, bc2_sqrt)
+        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_addcdiv_(work, numerators, denom, step_size)
+        for p, w in zip(params, work, strict=True):
+            if w is not p:
+                p.copy_(w)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a `state_dict`, keeping masks bool and moments fp32.
+
+        `torch.optim.Optimizer.load_state_dict` casts every state tensor except "step" to the
+        parameter dtype, which would turn masks into floats and round the moments of bf16 params.
+        Those entries are set aside, the rest is loaded normally, then they are restored.
+        Like the base class, tensors are not copied when dtype and device already match.
+        """
+        own = {
+            pid: {k: v for k, v in s.items() if k in _STATE_DTYPES}
+            for pid, s in state_dict["state"].items()
+        }
+        rest = {
+            pid: {k: v for k, v in s.items() if k not in _STATE_DTYPES}
+            for pid, s in state_dict["state"].items()
+        }
+        super().load_state_dict({**state_dict, "state": rest})
+        id_map = dict(
+            zip(
+                chain.from_iterable(g["params"] for g in state_dict["param_groups"]),
+                chain.from_iterable(g["params"] for g in self.param_groups),
+                strict=True,
+            )
+        )
+        for pid, entries in own.items():
+            param = id_map[pid]
+            for key, value in entries.items():
+                self.state[param][key] = value.to(device=param.device, dtype=_STATE_DTYPES[key])
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha (α_t) must be in [0, 1], got {alpha}")
+
+
+@torch.no_grad()
+def masked_weight_fraction(
+    params_with_masks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+) -> float:
+    """Fraction of the total |W| mass that sits in masked (mask False) entries.
+
+    It measures how far CAST has moved the weights a hard prune will remove: about 0.25 for a
+    fresh 2:4 magnitude mask on SmolLM2, ~0 when the decay has done its work (cast-notes §7).
+
+    Args:
+        params_with_masks: ``(weight, keep_mask)`` pairs, e.g. `AdamS.masked_params()`. Use the raw
+            (unscaled) master weights, as the optimizer sees them.
+
+    Returns:
+        Σ|W|·(1-m) / Σ|W| over all pairs, in [0, 1]; 0.0 when the total mass is zero.
+
+    Raises:
+        ValueError: if a mask's shape differs from its weight's.
+    """
+    masked_mass = total_mass = 0.0
+    for weight, mask in params_with_masks:
+        if mask.shape != weight.shape:
+            raise ValueError(
+                f"mask shape {tuple(mask.shape)} != weight shape {tuple(weight.shape)}"
+            )
+        magnitude = weight.detach().abs()  # one temporary, reused for the masked sum
+        total_mass += float(magnitude.sum(dtype=torch.float64))
+        magnitude.masked_fill_(mask.to(torch.bool), 0.0)  # keep only the masked entries
+        masked_mass += float(magnitude.sum(dtype=torch.float64))
+    return masked_mass / total_mass if total_mass > 0.0 else 0.0

@@ -1,0 +1,166 @@
+"""The training loop shared by `cast` (and later `lora`): nanoGPT-shaped, readable top to bottom.
+
+What differs between methods lives in a TrainTask (masks, decay, losses); this file only orders
+the steps: lr -> task.before_step -> micro-batches -> finite check -> clip -> optimizer step ->
+task.after_step -> log / held-out eval / checkpoint. A resumed run restores model, optimizer
+(masks included), data position and RNG, so it continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from sparsequant.data.blocks import BlockStream
+from sparsequant.errors import StageError
+from sparsequant.fsutil import atomic_write_text
+from sparsequant.training.checkpoint import complete_checkpoints, load_latest, save_checkpoint
+from sparsequant.training.schedule import lr_at
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainTask(Protocol):
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def before_step(self, step: int) -> dict[str, float]: ...
+    def loss(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def after_step(self, step: int) -> None: ...
+    def log_metrics(self) -> dict[str, float]: ...
+    def heldout_metrics(self) -> dict[str, float]: ...
+    def extra_state(self) -> dict[str, torch.Tensor]: ...
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    steps: int
+    lr: float
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    grad_accum: int = 1
+    grad_clip: float | None = 1.0
+    log_interval: int = 10
+    eval_interval: int | None = None
+    checkpoint_interval: int | None = 50
+
+
+@dataclass
+class LoopResult:
+    last: dict[str, Any]  # the last logged metrics row
+    resumed_from: int | None
+    seconds: float
+    tokens: int
+
+
+def _resume(task: TrainTask, stream: BlockStream, work_dir: Path, sha: str) -> int | None:
+    checkpoint = load_latest(work_dir, sha)
+    if checkpoint is None:
+        return None
+    task.model.load_state_dict(checkpoint["model"], strict=False)
+    task.optimizer.load_state_dict(checkpoint["optimizer"])
+    task.load_extra_state(checkpoint["extra"])
+    stream.load_state_dict(checkpoint["meta"]["stream"])
+    torch.set_rng_state(checkpoint["extra"]["__rng__"])
+    step = checkpoint["step"]
+    _truncate_metrics(work_dir / METRICS_FILE, step)
+    return step
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    # Rows logged after the checkpoint will be logged again by the resumed run.
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < step]
+        atomic_write_text(path, "".join(row + "\n" for row in rows))
+
+
+def _checkpoint(task: TrainTask, stream: BlockStream, work_dir: Path, sha: str, step: int) -> None:
+    extra = {**task.extra_state(), "__rng__": torch.get_rng_state()}
+    save_checkpoint(work_dir, step, task.model, task.optimizer, extra, {"config_sha256": sha, "stream": stream.state_dict()})
+
+
+def _micro_steps(task: TrainTask, stream: BlockStream, grad_accum: int, step: int) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    for _ in range(grad_accum):
+        loss, parts = task.loss(next(stream))
+        if not torch.isfinite(loss):
+            raise StageError("training", f"the loss became {loss.item()} at step {step}; the last good checkpoint "
+                             "is kept. Lower the learning rate (or λ) and re-run: it resumes from that checkpoint.")
+        (loss / grad_accum).backward()
+        for key, value in {"loss": float(loss.detach()), **parts}.items():
+            sums[key] = sums.get(key, 0.0) + value / grad_accum
+    return sums
+
+
+def train_loop(task: TrainTask, stream: BlockStream, settings: LoopSettings, work_dir: Path, config_sha256: str,
+               progress: bool = True, log=None) -> LoopResult:
+    """Run `settings.steps` optimizer steps of `task`, resuming from `work_dir` when possible."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    resumed = _resume(task, stream, work_dir, config_sha256)
+    start = resumed or 0
+    if resumed is None:  # a fresh run never mixes with rows of an older, different run
+        atomic_write_text(work_dir / METRICS_FILE, "")
+    elif log:
+        log.info("resuming training from step %d (%s)", start, work_dir)
+    tokens_per_step = stream.batch_size * stream.blocks.shape[1] * settings.grad_accum
+    bar = tqdm(total=settings.steps, initial=start, desc="train", unit="step", disable=not progress)
+    last: dict[str, Any] = {}
+    started, window_start, window_steps = time.time(), time.time(), 0
+    task.model.train()
+    for step in range(start, settings.steps):
+        lr = lr_at(step, settings.steps, settings.lr, settings.warmup_steps, settings.schedule, settings.min_lr_ratio)
+        for group in task.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        row: dict[str, Any] = {"step": step, "lr": lr, **task.before_step(step)}
+        row |= _micro_steps(task, stream, settings.grad_accum, step)
+        if settings.grad_clip:
+            row["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(task.model.parameters(), settings.grad_clip))
+        task.optimizer.step()
+        task.optimizer.zero_grad(set_to_none=True)
+        task.after_step(step)
+        window_steps += 1
+        done = step + 1
+        if done % settings.log_interval == 0 or done == settings.steps:
+            row["tokens_per_s"] = window_steps * tokens_per_step / max(time.time() - window_start, 1e-9)
+            row |= task.log_metrics()
+            window_start, window_steps = time.time(), 0
+        if settings.eval_interval and (done % settings.eval_interval == 0 or done == settings.steps):
+            task.model.eval()
+            row |= task.heldout_metrics()
+            task.model.train()
+        row["tokens"] = done * tokens_per_step
+        with open(work_dir / METRICS_FILE, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        last = row
+        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in _SHOWN}, refresh=False)
+        bar.update(1)
+        if settings.checkpoint_interval and done % settings.checkpoint_interval == 0 and done < settings.steps:
+            _checkpoint(task, stream, work_dir, config_sha256, done)
+    bar.close()
+    task.model.eval()
+    return LoopResult(last, resumed, time.time() - started, (settings.steps - start) * tokens_per_step)
+
+
+_SHOWN = ("loss", "kl", "ce", "alpha", "flip_rate", "masked_mass", "tokens_per_s", "heldout_ppl")
+
+
+def read_metrics(work_dir: Path) -> list[dict[str, Any]]:
+    path = work_dir / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+def has_checkpoint(work_dir: Path) -> bool:
+    return bool(complete_checkpoints(work_dir))
+
+
+def perplexity_from_nll(nll: float) -> float:
+    return math.exp(min(nll, 50.0))

@@ -1,0 +1,101 @@
+"""Orchestration of the `cast` stage: data, teacher, task, loop, finish. The maths is elsewhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparsequant.data.blocks import BlockStream, pack_token_blocks
+from sparsequant.data.sources import load_text
+from sparsequant.sparsity.masks import nm_mask
+from sparsequant.training.loop import METRICS_FILE, LoopSettings, perplexity_from_nll, train_loop
+from sparsequant.training.schedule import decay_travel_bound, recommended_steps
+from sparsequant.training.tasks import CastTask, KDObjective, MaskedKDTask, heldout_nll
+
+
+@dataclass
+class TrainReport:
+    metrics: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    extra_files: dict[str, Path] = field(default_factory=dict)
+
+
+def _dtype(name: str) -> torch.dtype | None:
+    return torch.bfloat16 if name == "bfloat16" else None
+
+
+def masked_q90(targets, pattern) -> float:
+    """90th percentile of |w| among the entries a magnitude mask would remove now (cast-notes §7)."""
+    values = torch.cat([w.weight.detach().abs()[~nm_mask(w.weight.detach().abs(), pattern)] for w in targets.values()])
+    sample = values[torch.randperm(len(values), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+    return float(torch.quantile(sample.float(), 0.9))
+
+
+def budget_warning(cfg, q90: float) -> tuple[float, str | None]:
+    """Σ lr_t·α_t, the farthest a masked weight can be pulled; warn when it cannot reach zero."""
+    travel = decay_travel_bound(cfg.steps, cfg.lr, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio, cfg.alpha_ramp)
+    if travel >= q90:
+        return travel, None
+    return travel, (f"cast: the decay can move a masked weight at most {travel:.3g} over {cfg.steps} steps, but 10% of "
+                    f"the masked weights are larger than {q90:.3g}; the final hard prune will cost accuracy. About "
+                    f"{recommended_steps(q90, cfg.lr)} steps at lr={cfg.lr:g} are needed (or a larger lr / alpha_ramp<1).")
+
+
+def freeze_untargeted_linears(model, targets) -> list[str]:
+    """Linear layers outside the sparsity targets (e.g. lm_head) stay bit-identical: frozen.
+
+    Norms and embeddings (unless tied to a frozen head) still train with plain Adam, as in CAST.
+    """
+    frozen = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name not in targets:
+            module.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
+    torch.manual_seed(ctx.seed)
+    frozen = freeze_untargeted_linears(model, targets)
+    pattern = cfg.sparsity.nm
+    blocks = pack_token_blocks(load_text(cfg.data, ctx.base_dir), tokenizer, cfg.data.block_size)
+    heldout_cfg = cfg.data.model_copy(update={"split": "heldout"})
+    heldout = pack_token_blocks(load_text(heldout_cfg, ctx.base_dir), tokenizer, cfg.data.block_size)[: cfg.eval_blocks]
+    teacher = None
+    if cfg.distill.eta > 0:
+        teacher, _ = artifact.load_model(ctx.device, dtype=getattr(torch, cfg.distill.teacher_dtype))
+        teacher.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    objective = KDObjective(teacher, cfg.distill.eta, cfg.distill.temperature, _dtype(cfg.autocast))
+    report = TrainReport(metrics={"method": cfg.method, "train_blocks": int(blocks.shape[0]), "frozen": frozen})
+    if cfg.method == "cast":
+        q90 = masked_q90(targets, pattern)
+        travel, warning = budget_warning(cfg, q90)
+        report.metrics |= {"masked_q90_abs": q90, "decay_travel_bound": travel}
+        if warning:
+            ctx.log.warning(warning)
+            report.warnings.append(warning)
+        task = CastTask(model, targets, pattern, objective, heldout, cfg.steps, cfg)
+    else:
+        task = MaskedKDTask(model, targets, pattern, objective, heldout, cfg.steps, cfg)
+    settings = LoopSettings(cfg.steps, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.grad_accum,
+                            cfg.grad_clip, cfg.log_interval, cfg.eval_interval, cfg.checkpoint_interval)
+    stream = BlockStream(blocks, cfg.batch_size, seed=ctx.seed)
+    result = train_loop(task, stream, settings, ctx.work_dir, ctx.config_sha256, ctx.progress, ctx.log)
+    task.finish()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    last = result.last
+    report.metrics |= {
+        "steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * cfg.grad_accum * cfg.data.block_size,
+        "seconds": round(result.seconds, 1), "resumed_from": result.resumed_from,
+        "final_loss": last.get("loss"), "final_kl": last.get("kl"), "final_ce": last.get("ce"),
+        "masked_mass_before_prune": last.get("masked_mass"),
+        "heldout_ppl_pruned": perplexity_from_nll(heldout_nll(model, heldout, _dtype(cfg.autocast))),
+    }
+    report.extra_files[METRICS_FILE] = ctx.work_dir / METRICS_FILE
+    return report

@@ -1,0 +1,122 @@
+"""Learnable per-row, per-column-block weight scales (CAST Eq. 11-12; cast-notes §1.5).
+
+The decay of masked entries shrinks each row's output; a few learnable scales let the model make
+up for it without inflating every kept weight. For a Linear weight W of shape (R, C) and n
+column blocks, A has shape (R, n), starts at ones, and the forward pass uses::
+
+    W_eff[r, c] = A[r, c // (C/n)] · W[r, c]
+
+A is constant over a block of C/n columns, so when C/n is a multiple of M it never splits an
+N:M group and cannot break the pattern. At the end the weight is pruned with the last mask and
+A is folded in (Alg. 2 l.20-21), leaving an exact N:M plain `nn.Linear`.
+
+This uses `torch.nn.utils.parametrize`: after `attach_weight_scales`, ``linear.weight`` is the
+computed W_eff, the raw W lives at ``linear.parametrizations.weight.original`` (what the
+optimizer must decay and mask; see `master_weight`) and A at
+``linear.parametrizations.weight[0].scale``. State-dict keys change accordingly until folding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from sparsequant.sparsity.masks import apply_mask_
+
+
+class _BlockScale(nn.Module):
+    """Parametrization W -> A ⊙ W with A of shape (out, n) broadcast over n column blocks."""
+
+    def __init__(self, out_features: int, n_blocks: int, like: torch.Tensor) -> None:
+        super().__init__()
+        self.n_blocks = n_blocks
+        ones = torch.ones(out_features, n_blocks, dtype=like.dtype, device=like.device)
+        self.scale = nn.Parameter(ones)  # (out, n)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        out_features, in_features = weight.shape
+        # (out, in) -> (out, n, in/n): a row-major reshape gives contiguous column blocks (Eq. 12).
+        blocks = weight.reshape(out_features, self.n_blocks, in_features // self.n_blocks)
+        return (blocks * self.scale.unsqueeze(-1)).reshape(out_features, in_features)
+
+
+def attach_weight_scales(
+    linear: nn.Linear, n_blocks: int = 2, group_m: int | None = None
+) -> nn.Parameter:
+    """Register the block-scale parametrization on ``linear.weight`` and return A.
+
+    Args:
+        linear: the layer to scale; its weight must not already be parametrized.
+        n_blocks: number n of column blocks per row (the paper picks n = 2).
+        group_m: if given, the N:M group size M; each block width C/n must be a multiple of it so
+            that no group straddles two blocks.
+
+    Returns:
+        The scale parameter A, shape (out_features, n_blocks), initialised to ones. Give it to the
+        optimizer without a mask (plain Adam).
+
+    Raises:
+        ValueError: if the sizes do not divide or the weight is already parametrized.
+    """
+    in_features = linear.in_features
+    if n_blocks < 1 or in_features % n_blocks:
+        raise ValueError(
+            f"in_features={in_features} is not divisible into n_blocks={n_blocks} column blocks"
+        )
+    width = in_features // n_blocks
+    if group_m is not None and (group_m < 1 or width % group_m):
+        raise ValueError(
+            f"block width in_features/n_blocks = {in_features}/{n_blocks} = {width} is not a "
+            f"multiple of M={group_m}; a scale block would split an N:M group"
+        )
+    if parametrize.is_parametrized(linear, "weight"):
+        raise ValueError("linear.weight is already parametrized; fold or remove it first")
+    scaler = _BlockScale(linear.out_features, n_blocks, like=linear.weight)
+    parametrize.register_parametrization(linear, "weight", scaler)
+    return scaler.scale
+
+
+def master_weight(linear: nn.Linear) -> nn.Parameter:
+    """The raw (unscaled) weight W: the tensor the optimizer masks and decays.
+
+    Args:
+        linear: a Linear with or without `attach_weight_scales`.
+
+    Returns:
+        ``linear.parametrizations.weight.original`` when parametrized, else ``linear.weight``.
+    """
+    if parametrize.is_parametrized(linear, "weight"):
+        return linear.parametrizations.weight.original
+    return linear.weight
+
+
+@torch.no_grad()
+def fold_weight_scales_(linear: nn.Linear, mask: torch.Tensor | None = None) -> nn.Linear:
+    """Hard-prune W with `mask`, fold A into it and drop the parametrization, in place.
+
+    Order as in Alg. 2 (prune, then fold); both are element-wise, so the order does not change
+    the numbers. The master parameter object is kept (its data becomes A ⊙ W ⊙ mask), so
+    references held by an optimizer stay valid. Without a parametrization only the prune is done.
+
+    Args:
+        linear: the layer to finalise.
+        mask: optional (out, in) bool keep-mask; masked entries become exactly zero.
+
+    Returns:
+        `linear`, now with a plain ``nn.Parameter`` weight.
+
+    Raises:
+        ValueError: if the mask shape differs from the weight shape.
+    """
+    weight = master_weight(linear)
+    if mask is not None:
+        if mask.shape != weight.shape:
+            raise ValueError(
+                f"mask shape {tuple(mask.shape)} != weight shape {tuple(weight.shape)}"
+            )
+        apply_mask_(weight, mask.to(device=weight.device, dtype=torch.bool))
+    if parametrize.is_parametrized(linear, "weight"):
+        # leave_parametrized=True writes A ⊙ W into the original Parameter (same object, via set_).
+        parametrize.remove_parametrizations(linear, "weight", leave_parametrized=True)
+    return linear

@@ -1,0 +1,130 @@
+"""The `cast` stage end to end on the tiny model: exact N:M, frozen excluded layers, resume, NaN."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from sparsequant.artifact import Artifact
+from sparsequant.config import load_pipeline
+from sparsequant.errors import StageError
+from sparsequant.pipeline import run_pipeline
+from sparsequant.registry import Registry
+from sparsequant.sparsity.masks import NMPattern, is_nm
+from sparsequant.verify import read_target_weights
+
+PIPELINE = """\
+version: 1
+input: tiny-llama
+output_dir: run
+stages:
+  - stage: cast
+    config:
+      method: METHOD
+      steps: STEPS
+      batch_size: 2
+      lr: 1.0e-3
+      sparsity: {pattern: "PATTERN"}
+      data: {source: text.txt, block_size: 32}
+      checkpoint_interval: 5
+      log_interval: 5
+      eval_interval: 10
+      eval_blocks: 2
+"""
+
+
+def write_pipeline(tmp_path, method="cast", pattern="2:4", steps=12):
+    path = tmp_path / "p.yaml"
+    path.write_text(PIPELINE.replace("METHOD", method).replace("PATTERN", pattern).replace("STEPS", str(steps)))
+    return path
+
+
+def run(tmp_path, **kwargs):
+    registry = Registry.default()
+    return run_pipeline(load_pipeline(write_pipeline(tmp_path, **kwargs), registry), registry, progress=False)
+
+
+@pytest.mark.parametrize(("method", "pattern"), [("cast", "2:4"), ("cast", "4:8"), ("masked_kd", "2:4")])
+def test_exact_nm_and_excluded_layers_untouched(tmp_path, text_file, method, pattern):
+    result = run(tmp_path, method=method, pattern=pattern)
+    out, dense = result.final, Artifact.load(result.outcomes[0].path)
+    n, m = map(int, pattern.split(":"))
+    weights = read_target_weights(out, out.manifest.sparsity.targets)
+    assert len(weights) == 14
+    for name, w in weights.items():
+        assert is_nm(w, NMPattern(n, m)), name
+        assert float((w == 0).float().mean()) == pytest.approx(1 - n / m), name  # exactly N kept per group
+    before, after = (read_target_weights(a, ["lm_head"])["lm_head"] for a in (dense, out))
+    assert torch.equal(before, after)
+    train = out.manifest.metrics["train"]
+    assert train["steps"] == 12 and train["method"] == method and train["heldout_ppl_pruned"] > 1
+    rows = [json.loads(line) for line in (out.path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(12))
+    assert "heldout_ppl" in rows[9] and "tokens_per_s" in rows[4]
+    # The saved model is a plain Llama: no parametrizations, no scales left behind.
+    model, _ = out.load_model()
+    assert not any("parametrizations" in k for k in model.state_dict())
+
+
+def test_cast_pulls_masked_mass_down(tmp_path, text_file):
+    rows = [json.loads(line) for line in (run(tmp_path, steps=20).final.path / "metrics.jsonl").read_text().splitlines()]
+    mass = [r["masked_mass"] for r in rows if "masked_mass" in r]
+    assert len(mass) == 4 and mass[-1] < 0.5 * mass[0]
+    assert rows[0]["alpha"] == 0.0 and rows[10]["alpha"] == pytest.approx(0.5)
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, text_file, monkeypatch):
+    from sparsequant.training import tasks
+
+    real = tasks.KDObjective.__call__
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch):
+        calls["n"] += 1
+        loss, parts = real(self, model, batch)
+        return (loss * float("nan"), parts) if calls["n"] > 7 else (loss, parts)
+
+    monkeypatch.setattr(tasks.KDObjective, "__call__", poisoned)
+    with pytest.raises(StageError, match="loss became nan at step 7.*last good checkpoint"):
+        run(tmp_path)
+    assert (tmp_path / "run" / "01_cast.work" / "ckpt-000005" / "meta.json").is_file()
+    assert not (tmp_path / "run" / "01_cast").exists()
+
+
+KILL_PIPELINE_STEPS = 20
+
+
+def _losses(work_dir):
+    return [json.loads(line)["loss"] for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigkill_and_resume_reproduces_uninterrupted_run(tmp_path, text_file):
+    for d in ("full", "killed"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "text.txt").write_text(text_file.read_text())
+        write_pipeline(tmp_path / d, steps=KILL_PIPELINE_STEPS)
+    cmd = [sys.executable, "-m", "sparsequant", "-q", "run", "p.yaml", "--no-progress"]
+    subprocess.run(cmd, cwd=tmp_path / "full", check=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path / "killed")
+    work = tmp_path / "killed" / "run" / "01_cast.work"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (work / "ckpt-000010" / "meta.json").exists() and len(_losses(work)) >= 12:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "run" / "01_cast").exists(), "killed before the end"
+    subprocess.run(cmd, cwd=tmp_path / "killed", check=True)
+    full_work = tmp_path / "full" / "run" / "01_cast.work"
+    assert _losses(work) == pytest.approx(_losses(full_work), abs=1e-5)
+    resumed = Artifact.load(tmp_path / "killed" / "run" / "01_cast")
+    assert resumed.manifest.metrics["train"]["resumed_from"] in (10, 15)
+    a = read_target_weights(resumed, resumed.manifest.sparsity.targets)
+    b = read_target_weights(Artifact.load(tmp_path / "full" / "run" / "01_cast"), resumed.manifest.sparsity.targets)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
