@@ -1,6 +1,7 @@
 """Foundation numbers on SmolLM2-135M: import time, eval tokens/s, dense vs magnitude-2:4 perplexity.
 
-Usage:  .venv/bin/python benchmarks/bench_foundation.py [--full-dtype bfloat16] [--out benchmarks/results/foundation.json]
+Usage:  .venv/bin/python benchmarks/bench_foundation.py --part speed     # on a quiet machine
+        .venv/bin/python benchmarks/bench_foundation.py --part quality   # full wiki.test.raw, dense + magnitude 2:4
 
 The peer for evaluation speed is plain transformers (PyTorch eager, `model(labels=...)` per batch),
 timed in the same run on the same windows.
@@ -42,7 +43,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--windows", type=int, default=32, help="windows for the tokens/s comparison")
     parser.add_argument("--full-dtype", choices=["float32", "bfloat16"], default="bfloat16")
-    parser.add_argument("--out", default="benchmarks/results/foundation.json")
+    parser.add_argument("--part", choices=["all", "speed", "quality"], default="all",
+                        help="speed: import + tokens/s (needs a quiet machine); quality: full-file perplexities")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/foundation_<part>.json")
     args = parser.parse_args()
     text = WIKI.read_text()
     results: dict = {"date": str(date.today()), "machine": f"{platform.processor() or platform.machine()}, "
@@ -54,12 +57,16 @@ def main() -> None:
         started = time.perf_counter()
         model, tokenizer = Artifact.load(artifact.path).load_model()
         results["artifact_load_s"] = time.perf_counter() - started
-    for name, autocast in (("fp32", None), ("bf16", torch.bfloat16)):
+    for name, autocast in (("fp32", None), ("bf16", torch.bfloat16)) if args.part != "quality" else ():
         ours = perplexity(model, tokenizer, text, 512, 4, autocast, args.windows, progress=False)
         ref_ppl, ref_rate = plain_transformers_rate(model, tokenizer, text, args.windows, 512, autocast is not None)
         results[f"eval_{name}"] = {"tokens_per_s": ours.tokens_per_s, "plain_transformers_tokens_per_s": ref_rate,
                                    "ratio": ours.tokens_per_s / ref_rate, "ppl": ours.perplexity, "plain_ppl": ref_ppl}
         print(name, results[f"eval_{name}"], flush=True)
+    out = Path(args.out or f"benchmarks/results/foundation_{args.part}.json")
+    if args.part == "speed":
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        return
     full = torch.bfloat16 if args.full_dtype == "bfloat16" else None
     dense = perplexity(model, tokenizer, text, 512, 4, full, progress=True)
     results["dense_full"] = dense.as_dict() | {"dtype": args.full_dtype}
@@ -72,7 +79,7 @@ def main() -> None:
     pruned = perplexity(model, tokenizer, text, 512, 4, full, progress=True)
     results["magnitude24_full"] = pruned.as_dict() | {"dtype": args.full_dtype}
     print("magnitude 2:4", results["magnitude24_full"], flush=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

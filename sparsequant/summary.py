@@ -9,27 +9,34 @@ from rich.table import Table
 from sparsequant.artifact import Artifact
 
 
+def _console(console: Console | None) -> Console:
+    if console is not None:
+        return console
+    console = Console()
+    return console if console.is_terminal else Console(width=120)  # logs and CI: do not wrap at 80
+
+
 def _headline_metrics(artifact: Artifact) -> str:
     ppl = artifact.manifest.metrics.get("perplexity", {})
-    return escape(", ".join(f"ppl[{k}]={v:.3f}" for k, v in ppl.items())) or "-"
+    return escape(", ".join(f"{v:.2f} ({k})" for k, v in ppl.items())) or "-"
 
 
 def print_run_summary(result, console: Console | None = None) -> None:
-    console = console or Console()
+    console = _console(console)
     table = Table(title="sparsequant run")
-    for column in ("stage", "status", "time (s)", "sparsity", "metrics"):
+    for column in ("stage", "status", "time (s)", "sparsity", "perplexity"):
         table.add_column(column)
     for outcome in result.outcomes:
         artifact = Artifact.load(outcome.path, verify=False)
         sparsity = artifact.manifest.sparsity
-        sp = f"{sparsity.pattern} ({sparsity.zero_fraction:.4f} zeros, {sparsity.layers} layers)" if sparsity else "dense"
+        sp = f"{sparsity.pattern}, {sparsity.layers} layers, zeros {sparsity.zero_fraction:.4f}" if sparsity else "dense"
         table.add_row(outcome.stage_id, outcome.status, f"{outcome.seconds:.1f}", sp, _headline_metrics(artifact))
     console.print(table)
     console.print(f"artifacts in {result.final.path.parent}; final: {result.final.path.name}")
 
 
 def print_manifest(artifact: Artifact, verified=None, console: Console | None = None) -> None:
-    console = console or Console()
+    console = _console(console)
     m = artifact.manifest
     console.print(f"[bold]{artifact.path}[/bold]  (stage {m.stage.name}, {m.created_at}, sparsequant {m.sparsequant_version})")
     console.print(f"model: {m.model.architecture}, {m.model.dtype}, {m.model.num_parameters:,} parameters, "
