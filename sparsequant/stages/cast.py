@@ -35,6 +35,7 @@ class CastConfig(StageConfig):
     eps: float = Field(1e-8, gt=0)
     lam: float = Field(1e-3, ge=0)  # λ, of the order of typical gradients (cast-notes §1.4)
     alpha_ramp: float = Field(1.0, gt=0, le=1)  # α_t = min(1, t / (alpha_ramp·T)); 1.0 = the paper
+    masked_lr_scale: float = Field(1.0, gt=0)  # step multiplier for masked entries only; 1.0 = the paper
     mask_interval: int = Field(10, ge=1)  # T1
     scale_blocks: int = Field(2, ge=0)  # n column blocks of learnable scales per row; 0 = off
     distill: DistillSpec = DistillSpec()

@@ -44,6 +44,9 @@ class AdamS(torch.optim.Optimizer):
         eps: ε added to sqrt(v^) in the denominator.
         lam: decay coefficient λ; same order as typical gradients (cast-notes §1.4).
         alpha: mixing weight α_t in [0, 1]; 0 gives no decay.
+        masked_lr_scale: extension beyond the paper (cast-notes §7), 1.0 = the paper. Multiplies
+            the step of masked entries only, so on a short run they can travel to zero (about
+            Σ lr·α·scale) without a larger step on the kept weights.
         maximize: must be False (kept for signature compatibility with torch optimizers).
 
     Raises:
@@ -58,6 +61,7 @@ class AdamS(torch.optim.Optimizer):
         eps: float = 1e-8,
         lam: float = 0.0,
         alpha: float = 0.0,
+        masked_lr_scale: float = 1.0,
         maximize: bool = False,
     ) -> None:
         if maximize:
@@ -67,7 +71,10 @@ class AdamS(torch.optim.Optimizer):
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         _check_alpha(alpha)
-        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "lam": lam, "alpha": alpha}
+        if masked_lr_scale <= 0.0:
+            raise ValueError(f"masked_lr_scale must be > 0, got {masked_lr_scale}")
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "lam": lam, "alpha": alpha,
+                    "masked_lr_scale": masked_lr_scale}
         super().__init__(params, defaults)
 
     def set_mask(self, param: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -164,15 +171,16 @@ class AdamS(torch.optim.Optimizer):
                 # μ~ = μ + α·(1-m)·(λ·sign θ - μ): equals μ on kept entries and
                 # (1-α)·μ + α·λ·sign θ on masked ones. One fp32 temporary per param, (out, in).
                 tilde = torch._foreach_sign([work[i] for i in masked])
-                torch._foreach_mul_(tilde, lam)
-                torch._foreach_sub_(tilde, mus)
+                torch._foreach_mul_(tilde, alpha * lam)
+                torch._foreach_add_(tilde, mus, alpha=-alpha)  # α·(λ·sign θ - μ)
                 torch._foreach_addcmul_(tilde, tilde, masks, value=-1.0)  # zero the kept entries
-                torch._foreach_mul_(tilde, alpha)
                 torch._foreach_add_(tilde, mus)
             # v ← β2·v + (1-β2)·μ~² on every entry of a masked param (kept ones get μ², Eq. 8).
             torch._foreach_addcmul_([exp_avg_sqs[i] for i in masked], tilde, tilde, 1.0 - beta2)
+            scale = float(group.get("masked_lr_scale", 1.0))
             for i, t in zip(masked, tilde, strict=True):
-                numerators[i] = t
+                # After v is built from the unscaled μ~: the scale changes the step, not Adam's statistics.
+                numerators[i] = t if scale == 1.0 else torch.where(states[i]["mask"], t, t * scale)
         del grads
 
         # θ ← θ - lr/(1-β1^t) · num / (sqrt(v)/sqrt(1-β2^t) + ε), written as in torch.optim.Adam.

@@ -36,12 +36,14 @@ def masked_q90(targets, pattern) -> float:
 
 def budget_warning(cfg, q90: float) -> tuple[float, str | None]:
     """Σ lr_t·α_t, the farthest a masked weight can be pulled; warn when it cannot reach zero."""
-    travel = decay_travel_bound(cfg.steps, cfg.lr, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio, cfg.alpha_ramp)
+    travel = cfg.masked_lr_scale * decay_travel_bound(cfg.steps, cfg.lr, cfg.warmup_steps, cfg.schedule,
+                                                      cfg.min_lr_ratio, cfg.alpha_ramp)
     if travel >= q90:
         return travel, None
     return travel, (f"cast: the decay can move a masked weight at most {travel:.3g} over {cfg.steps} steps, but 10% of "
                     f"the masked weights are larger than {q90:.3g}; the final hard prune will cost accuracy. About "
-                    f"{recommended_steps(q90, cfg.lr)} steps at lr={cfg.lr:g} are needed (or a larger lr / alpha_ramp<1).")
+                    f"{recommended_steps(q90, cfg.lr * cfg.masked_lr_scale)} steps at lr={cfg.lr:g} are needed (or a "
+                    "larger masked_lr_scale, lr, or alpha_ramp < 1).")
 
 
 def freeze_untargeted_linears(model, targets) -> list[str]:

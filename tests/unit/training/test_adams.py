@@ -222,3 +222,21 @@ def test_invalid_use_raises():
     p.grad = torch.zeros(2, 4).to_sparse()
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
+
+
+def test_masked_lr_scale_multiplies_only_masked_steps():
+    """Extension: with α = 1 and zero gradient a masked entry moves `scale` times as far; kept ones do not move."""
+    from sparsequant.training.adams import AdamS
+
+    moved = {}
+    for scale in (1.0, 3.0):
+        p = torch.nn.Parameter(torch.tensor([[0.5, -0.5, 0.5, -0.5]]))
+        opt = AdamS([p], lr=1e-2, lam=1e-3, alpha=1.0, masked_lr_scale=scale)
+        opt.set_mask(p, torch.tensor([[True, False, True, False]]))
+        for _ in range(3):
+            p.grad = torch.zeros_like(p)
+            opt.step()
+        moved[scale] = (p.detach() - torch.tensor([[0.5, -0.5, 0.5, -0.5]])).abs()
+    assert torch.equal(moved[1.0][0, [0, 2]], torch.zeros(2)) and torch.equal(moved[3.0][0, [0, 2]], torch.zeros(2))
+    assert torch.allclose(moved[3.0][0, [1, 3]], 3 * moved[1.0][0, [1, 3]], rtol=1e-5)
+    assert moved[1.0][0, 1] > 0

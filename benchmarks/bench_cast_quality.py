@@ -1,0 +1,120 @@
+"""CAST vs the masked-KD control on SmolLM2-135M 2:4 at equal token budgets (issue "CAST stage").
+
+Usage:
+  .venv/bin/python benchmarks/bench_cast_quality.py --budgets 65536 196608 --wiki-windows 128
+  .venv/bin/python benchmarks/bench_cast_quality.py --sweep       # small λ / masked_lr_scale sweep at 32k tokens
+
+Every run is an ordinary pipeline (import -> cast | prune -> evaluate x2) under --out-dir, so a
+re-run reuses finished runs. Results: JSON + markdown rows on stdout + a PNG of perplexity vs tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sparsequant.config import validate_pipeline_data
+from sparsequant.pipeline import run_pipeline
+from sparsequant.registry import Registry
+
+REPO = Path(__file__).resolve().parents[1]
+WIKI = REPO.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
+BLOCK, BATCH = 256, 4
+
+# Settings chosen for SmolLM2 (see benchmarks/README.md for the sweep behind them).
+METHODS = {
+    "masked_kd": {"method": "masked_kd", "lr": 1.0e-4},
+    "cast": {"method": "cast", "lr": 1.0e-4, "lam": 1.0e-3, "alpha_ramp": 0.5, "masked_lr_scale": 50.0},
+}
+SWEEP = {
+    "cast_paper": {"method": "cast", "lr": 1.0e-4, "lam": 1.0e-3},
+    "cast_s20": {"method": "cast", "lr": 1.0e-4, "lam": 1.0e-3, "alpha_ramp": 0.5, "masked_lr_scale": 20.0},
+    "cast_s50": METHODS["cast"],
+    "cast_s50_lr3e-4": {**METHODS["cast"], "lr": 3.0e-4, "masked_lr_scale": 17.0},
+    "masked_kd": METHODS["masked_kd"],
+}
+
+
+def evaluations(wiki_windows: int) -> list[dict]:
+    wiki = {"text": str(WIKI), "seq_len": 512, "name": "wiki"} | ({"max_windows": wiki_windows} if wiki_windows else {})
+    return [{"stage": "evaluate", "id": "eval_wiki", "config": wiki},
+            {"stage": "evaluate", "id": "eval_builtin", "config": {"text": "builtin", "seq_len": 512, "max_windows": 16}}]
+
+
+def run_one(name: str, first_stage: dict | None, out_dir: Path, wiki_windows: int) -> dict:
+    stages = ([first_stage] if first_stage else []) + evaluations(wiki_windows)
+    data = {"version": 1, "input": "smollm2-135m", "output_dir": str(out_dir / name), "stages": stages}
+    registry = Registry.default()
+    loaded = validate_pipeline_data(data, {}, REPO / "benchmarks" / f"{name}.yaml", registry)
+    result = run_pipeline(loaded, registry, progress=True)
+    metrics = result.final.manifest.metrics
+    train = next((o for o in result.outcomes if o.stage_id.endswith("cast")), None)
+    row = {"name": name, "perplexity": metrics.get("perplexity", {})}
+    if train:
+        from sparsequant.artifact import Artifact
+
+        row["train"] = Artifact.load(train.path, verify=False).manifest.metrics["train"]
+    return row
+
+
+def cast_stage(settings: dict, tokens: int) -> dict:
+    steps = max(1, tokens // (BATCH * BLOCK))
+    config = {**settings, "steps": steps, "batch_size": BATCH, "data": {"source": "builtin", "block_size": BLOCK},
+              "eval_interval": max(steps // 4, 1), "eval_blocks": 8, "checkpoint_interval": 25}
+    return {"stage": "cast", "config": config}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in ("cast", "masked_kd"):
+        points = sorted((r["train"]["tokens"], _wiki(r)) for r in rows if r.get("train", {}).get("method") == method
+                        and r["name"].startswith(method + "@"))
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=method)
+    for r in rows:
+        if r["name"] in ("dense", "magnitude"):
+            ax.axhline(_wiki(r), linestyle="--", color="grey" if r["name"] == "dense" else "red", label=r["name"])
+    ax.set(xscale="log", yscale="log", xlabel="training tokens", ylabel="WikiText-2 perplexity (2:4)",
+           title="SmolLM2-135M 2:4: CAST vs masked KD")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _wiki(row: dict) -> float:
+    return next(v for k, v in row["perplexity"].items() if k.startswith("wiki"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--budgets", type=int, nargs="*", default=[65536, 196608])
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--wiki-windows", type=int, default=128, help="0 = the whole file")
+    parser.add_argument("--out-dir", default=str(REPO / "runs" / "bench_cast"))
+    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "cast_quality.json"))
+    args = parser.parse_args()
+    out = Path(args.out_dir)
+    rows = [run_one("dense", None, out, args.wiki_windows),
+            run_one("magnitude", {"stage": "prune", "config": {"method": "magnitude"}}, out, args.wiki_windows)]
+    if args.sweep:
+        rows += [run_one(f"sweep_{name}", cast_stage(s, 32768), out, args.wiki_windows) for name, s in SWEEP.items()]
+    else:
+        rows += [run_one(f"{m}@{tokens}", cast_stage(METHODS[m], tokens), out, args.wiki_windows)
+                 for tokens in args.budgets for m in METHODS]
+    Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    for r in rows:
+        t = r.get("train", {})
+        print(f"| {r['name']} | {t.get('tokens', '')} | {t.get('seconds', '')} | " +
+              " | ".join(f"{v:.2f}" for v in r["perplexity"].values()) + " |")
+    if not args.sweep:
+        plot(rows, Path(args.json).with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
