@@ -120,5 +120,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nAdamS/AdamW (medians) = {ratio:.2f}; a mask recompute every 10 steps adds "
           f"{mask_s[0] / 10 / reference:.2f}x AdamW per step on average")
 
+
 if __name__ == "__main__":
     main()
