@@ -43,7 +43,7 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, 
     return {"state": state, "param_groups": groups}
 
 
-def _model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def checkpoint_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     # Tied weights share storage; safetensors refuses duplicates, so keep the first name only.
     seen, out = set(), {}
     for name, tensor in model.state_dict().items():
@@ -62,7 +62,7 @@ def save_checkpoint(work_dir: Path, step: int, model: torch.nn.Module, optimizer
     with disk_errors(partial):
         remove_tree(partial)
         partial.mkdir(parents=True)
-        save_file(_model_tensors(model), partial / "model.safetensors")
+        save_file(checkpoint_tensors(model), partial / "model.safetensors")
         opt_tensors, opt_meta = flatten_optimizer_state(optimizer.state_dict())
         save_file(opt_tensors, partial / "optimizer.safetensors")
         save_file({k: v.contiguous() for k, v in extra.items()}, partial / "extra.safetensors")

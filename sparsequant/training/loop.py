@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from sparsequant.data.blocks import BlockStream
 from sparsequant.errors import StageError
 from sparsequant.fsutil import atomic_write_text
-from sparsequant.training.checkpoint import complete_checkpoints, load_latest, save_checkpoint
+from sparsequant.training.checkpoint import checkpoint_tensors, load_latest, save_checkpoint
 from sparsequant.training.schedule import lr_at
 
 METRICS_FILE = "metrics.jsonl"
@@ -66,7 +66,11 @@ def _resume(task: TrainTask, stream: BlockStream, work_dir: Path, sha: str) -> i
     checkpoint = load_latest(work_dir, sha)
     if checkpoint is None:
         return None
-    task.model.load_state_dict(checkpoint["model"], strict=False)
+    expected = set(checkpoint_tensors(task.model))  # tied duplicates are saved once
+    if set(checkpoint["model"]) != expected:
+        raise StageError("training", f"the checkpoint in {work_dir} does not match this model "
+                         f"(differing keys: {sorted(set(checkpoint['model']) ^ expected)[:5]}); delete {work_dir} to start over")
+    task.model.load_state_dict(checkpoint["model"], strict=False)  # strict would demand the tied duplicates
     task.optimizer.load_state_dict(checkpoint["optimizer"])
     task.load_extra_state(checkpoint["extra"])
     stream.load_state_dict(checkpoint["meta"]["stream"])
@@ -151,15 +155,6 @@ def train_loop(task: TrainTask, stream: BlockStream, settings: LoopSettings, wor
 
 
 _SHOWN = ("loss", "kl", "ce", "alpha", "flip_rate", "masked_mass", "tokens_per_s", "heldout_ppl")
-
-
-def read_metrics(work_dir: Path) -> list[dict[str, Any]]:
-    path = work_dir / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
-
-
-def has_checkpoint(work_dir: Path) -> bool:
-    return bool(complete_checkpoints(work_dir))
 
 
 def perplexity_from_nll(nll: float) -> float:
