@@ -1,0 +1,71 @@
+"""CastTask on the tiny Llama: masks, flip rate, fold invariance on the whole model, checkpointing."""
+
+from types import SimpleNamespace
+
+import torch
+
+from sparsequant.sparsity.masks import NMPattern, apply_mask_, nm_mask
+from sparsequant.sparsity.targets import select_linears
+from sparsequant.testing import tiny_llama
+from sparsequant.training.tasks import CastTask, KDObjective
+
+CFG = SimpleNamespace(scale_blocks=2, lam=1e-3, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, alpha_ramp=1.0,
+                      mask_interval=10, masked_lr_scale=1.0)
+
+
+def make_task(model=None, teacher=None, eta=0.0):
+    model = model or tiny_llama()
+    targets = select_linears(model, ["model.layers.*"], [])
+    objective = KDObjective(teacher, eta, 1.0, None)
+    return CastTask(model, targets, NMPattern(2, 4), objective, torch.zeros(1, 8, dtype=torch.long), 20, CFG)
+
+
+def test_masks_set_before_first_update_and_flip_rate_counts_changes():
+    task = make_task()
+    task.before_step(0)
+    masks = task.masks()
+    assert len(masks) == 14
+    for name, weight in task.weights.items():
+        assert torch.equal(masks[name], nm_mask(weight.abs(), NMPattern(2, 4)))
+    weight = next(iter(task.weights.values()))
+    with torch.no_grad():  # swap two entries of one group: exactly 2 mask entries flip (if they differ)
+        group = weight[0, :4].clone()
+        order = group.abs().argsort()
+        weight[0, order[0]], weight[0, order[3]] = group[order[3]], group[order[0]]
+    task.before_step(5)  # not a recompute step: nothing changes
+    assert task.last_flip == 0.0
+    task.before_step(10)
+    total = sum(m.numel() for m in masks.values())
+    assert task.last_flip == 2 / total
+
+
+def test_prune_then_fold_keeps_logits_of_whole_model():
+    task = make_task()
+    with torch.no_grad():
+        for scale in task.scales:  # (out, 2) learnable scales, made non-trivial
+            scale.uniform_(0.5, 1.5)
+    task.before_step(0)
+    for name, mask in task.masks().items():
+        apply_mask_(task.weights[name].data, mask)
+    ids = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        before = task.model(input_ids=ids).logits
+        task.finish()
+        after = task.model(input_ids=ids).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    assert not any("parametrizations" in k for k in task.model.state_dict())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_llama()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        task = make_task(model, teacher=tiny_llama(seed=1), eta=0.5)
+        task.model.train()
+        task.before_step(0)
+        loss, _ = task.loss(torch.randint(0, 256, (2, 16)))
+        loss.backward()
+        grads.append(torch.cat([w.grad.flatten() for w in task.weights.values()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
