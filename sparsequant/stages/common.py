@@ -59,17 +59,25 @@ def model_info(model) -> dict[str, Any]:
 def write_model_artifact(
     name: str, config: StageConfig, ctx: StageContext, started: float, parent: Artifact | None,
     model, tokenizer, lineage: dict[str, Any] | None = None, extra_files: dict[str, Path] | None = None,
-    **sections: Any,
+    reuse_parent_files: bool = False, **sections: Any,
 ) -> Artifact:
-    """Save `model` + `tokenizer` (+ `extra_files`: name -> source path) as this stage's artifact."""
+    """Write this stage's artifact atomically, with its manifest.
+
+    The model files are `model` + `tokenizer` saved anew, or, with `reuse_parent_files` (stages
+    that leave the weights unchanged), the parent's files hard-linked; `extra_files` (name -> source
+    path) are copied in. Metrics are inherited from the parent only in the second case.
+    """
     writer = ArtifactWriter(ctx.out_dir, force=ctx.force)
     try:
-        writer.save_model(model, tokenizer)
-        for name, source in (extra_files or {}).items():
-            writer.write_extra(name, lambda target, source=source: shutil.copyfile(source, target))
+        if reuse_parent_files:
+            writer.link_files_from(parent)
+        else:
+            writer.save_model(model, tokenizer)
+        for file_name, source in (extra_files or {}).items():
+            writer.write_extra(file_name, lambda target, source=source: shutil.copyfile(source, target))
         entry = {"stage": name, "config_sha256": ctx.config_sha256, **(lineage or {})}
         return writer.commit(stage_record(name, config, ctx, started), model_info(model), parent, entry,
-                             ctx.device, **sections)
+                             ctx.device, inherit_metrics=reuse_parent_files, **sections)
     except BaseException:
         writer.abort()
         raise

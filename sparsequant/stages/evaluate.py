@@ -8,11 +8,11 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from sparsequant.artifact import Artifact, ArtifactWriter
+from sparsequant.artifact import Artifact
 from sparsequant.errors import ConfigError
 from sparsequant.eval.perplexity import perplexity
 from sparsequant.stage import StageConfig, StageContext
-from sparsequant.stages.common import model_info, stage_record
+from sparsequant.stages.common import write_model_artifact
 
 
 class EvaluateConfig(StageConfig):
@@ -75,12 +75,5 @@ class EvaluateStage:
         ctx.log.info("perplexity %s = %.3f (%d tokens, %.0f tok/s)", key, result.perplexity, result.tokens,
                      result.tokens_per_s)
         metrics = {"perplexity": {key: result.perplexity}, "eval": {key: result.as_dict()}}
-        writer = ArtifactWriter(ctx.out_dir, force=ctx.force)
-        try:
-            writer.link_files_from(artifact)
-            entry = {"stage": self.name, "config_sha256": ctx.config_sha256}
-            return writer.commit(stage_record(self.name, self.config, ctx, started), model_info(model), artifact,
-                                 entry, ctx.device, metrics=metrics, inherit_metrics=True)
-        except BaseException:
-            writer.abort()
-            raise
+        return write_model_artifact(self.name, self.config, ctx, started, artifact, model, None, metrics=metrics,
+                                    reuse_parent_files=True)
