@@ -112,7 +112,7 @@ def main() -> None:
     for r in rows:
         t = r.get("train", {})
         print(f"| {r['name']} | {t.get('tokens', '')} | {t.get('seconds', '')} | " +
-              " | ".join(f"{v:.2f}" for v in r["perplexity"].values()) + " |")
+              " | ".join(f"{k}={v:.2f}" for k, v in sorted(r["perplexity"].items())) + " |")
     if not args.sweep:
         plot(rows, Path(args.json).with_suffix(".png"))
 
