@@ -15,6 +15,12 @@ from sparsequant.errors import ArtifactError
 _CHUNK = 1 << 22
 
 
+def resolve_path(path: str | Path, base_dir: Path) -> Path:
+    """`path` with ~ expanded; a relative path is taken from `base_dir` (the pipeline file's folder)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
 def user_cache_dir() -> Path:
     """$SPARSEQUANT_CACHE, else $XDG_CACHE_HOME/sparsequant, else ~/.cache/sparsequant."""
     if os.environ.get("SPARSEQUANT_CACHE"):

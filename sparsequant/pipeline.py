@@ -76,7 +76,7 @@ def _run_one(stage_cls, config: StageConfig, stage_id: str, parent: Artifact | N
     if missing:
         raise StageError(stage_cls.name, f"needs {sorted(missing)} in its input manifest ({parent.path})")
     spec = loaded.spec
-    ctx = StageContext(out_dir=out_dir, work_dir=out_dir.with_name(out_dir.name + ".work"), base_dir=loaded.base_dir,
+    ctx = StageContext(out_dir=out_dir, work_dir=StageContext.work_dir_for(out_dir), base_dir=loaded.base_dir,
                        stage_id=stage_id, config_sha256=sha, device=spec.device, seed=spec.seed, force=force,
                        trust_remote_code=spec.trust_remote_code, progress=progress, log=log)
     log.info("[%s] running", stage_id)
@@ -112,6 +112,6 @@ def import_to(source: str, out: Path, dtype: str = "float32", force: bool = Fals
     out = out.resolve()
     config = ImportConfig(source=source, dtype=dtype)
     sha = config_sha256(ImportStage.name, config, None)
-    ctx = StageContext(out_dir=out, work_dir=out.with_name(out.name + ".work"), base_dir=Path.cwd(),
+    ctx = StageContext(out_dir=out, work_dir=StageContext.work_dir_for(out), base_dir=Path.cwd(),
                        stage_id="import", config_sha256=sha, force=force, progress=progress, log=log)
     return ImportStage(config).run(None, ctx)

@@ -40,9 +40,10 @@ class StageContext:
     progress: bool = True
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sparsequant"))
 
-    def resolve(self, path: str | Path) -> Path:
-        path = Path(path).expanduser()
-        return path if path.is_absolute() else (self.base_dir / path).resolve()
+    @staticmethod
+    def work_dir_for(out_dir: Path) -> Path:
+        """Scratch space of the stage writing `out_dir`: `DIR.work/`, beside it, never inside the artifact."""
+        return out_dir.with_name(out_dir.name + ".work")
 
 
 @runtime_checkable

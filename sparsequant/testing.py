@@ -77,6 +77,6 @@ def make_artifact(directory: Path, seed: int = 0, **overrides):
     source = save_tiny_model(directory.with_name(directory.name + "_src"), seed, **overrides)
     config = ImportConfig(source=str(source))
     sha = hashlib.sha256(f"tiny:{seed}:{sorted(overrides.items())}:{time.time()}".encode()).hexdigest()
-    ctx = StageContext(out_dir=directory, work_dir=directory.with_name(directory.name + ".work"),
+    ctx = StageContext(out_dir=directory, work_dir=StageContext.work_dir_for(directory),
                        base_dir=directory.parent, stage_id="00_import", config_sha256=sha, progress=False)
     return ImportStage(config).run(None, ctx)

@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 from sparsequant.data.builtin import builtin_corpus
 from sparsequant.data.hf_dataset import dataset_text
 from sparsequant.errors import ConfigError
+from sparsequant.fsutil import resolve_path
 from sparsequant.schema import StrictModel
 
 HELDOUT_FRACTION = 0.05
@@ -57,8 +58,7 @@ class DataConfig(StrictModel):
 
 
 def _resolve(source: str, base_dir: Path) -> Path:
-    path = Path(source).expanduser()
-    path = path if path.is_absolute() else base_dir / path
+    path = resolve_path(source, base_dir)
     if not path.is_file():
         raise ConfigError(
             f"data source {source!r}: file {path} does not exist. To resolve, fix the path "

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 
 import torch
 
-from sparsequant.errors import ValidationFailed
 from sparsequant.sparsity.masks import NMPattern, count_nm_violations
 
 
@@ -28,13 +27,6 @@ def nm_failures(weights: Mapping[str, torch.Tensor], pattern: NMPattern) -> list
             if bad:
                 failures.append(f"{name}: {bad} groups of {pattern.m} hold more than {pattern.n} non-zeros")
     return failures
-
-
-def verify_nm(weights: Mapping[str, torch.Tensor], pattern: NMPattern, what: str) -> None:
-    """Raise ValidationFailed naming every layer that is not exactly N:M."""
-    failures = nm_failures(weights, pattern)
-    if failures:
-        raise ValidationFailed(f"{what}: N:M {pattern} check", failures)
 
 
 def zero_fractions(weights: Mapping[str, torch.Tensor]) -> tuple[dict[str, float], float]:

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from sparsequant.artifact import Artifact
 from sparsequant.errors import ConfigError
+from sparsequant.fsutil import resolve_path
 from sparsequant.eval.perplexity import perplexity
 from sparsequant.stage import StageConfig, StageContext
 from sparsequant.stages.common import write_model_artifact
@@ -20,7 +21,7 @@ class EvaluateConfig(StageConfig):
     seq_len: int = Field(512, ge=2)
     batch_size: int = Field(4, ge=1)
     max_windows: int | None = Field(None, ge=1)  # None = the whole text
-    dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 = autocast, ~2x faster on CPU
+    dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 = autocast; not faster on every CPU (benchmarks §1)
     name: str | None = None  # metric key; default: the file name (or "builtin-heldout")
 
 
@@ -30,8 +31,7 @@ def read_eval_text(text: str, base: Path) -> tuple[str, str]:
         from sparsequant.data.builtin import builtin_corpus
 
         return "builtin-heldout", builtin_corpus("heldout")
-    path = Path(text).expanduser()
-    path = path if path.is_absolute() else (base / path).resolve()
+    path = resolve_path(text, base)
     try:
         return path.name, path.read_text(encoding="utf-8")
     except FileNotFoundError:
