@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import resource
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +51,12 @@ def verified_sparsity(stage: str, targets: dict[str, nn.Linear], spec: SparsityS
 def stage_record(name: str, config: StageConfig, ctx: StageContext, started: float) -> StageRecord:
     return StageRecord(name=name, id=ctx.stage_id, config=config.model_dump(mode="json"),
                        config_sha256=ctx.config_sha256, duration_s=round(time.time() - started, 3))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (the high-water mark, not this stage alone)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (1 << 20) if sys.platform == "darwin" else peak / 1024, 1)
 
 
 def model_info(model) -> dict[str, Any]:

@@ -1,33 +1,66 @@
-"""`prune` stage: one-shot N:M pruning of the selected Linear layers."""
+"""`prune` stage: one-shot N:M pruning (magnitude, Wanda, SparseGPT) of the selected Linear layers."""
 
 from __future__ import annotations
 
 import time
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+from pydantic import Field
 from tqdm.auto import tqdm
 
-from sparsequant.sparsity.masks import apply_mask_, nm_mask
+from sparsequant.oneshot.calibration import CalibrationConfig
+from sparsequant.schema import StrictModel
+from sparsequant.sparsity.masks import NMPattern, apply_mask_, nm_mask
 from sparsequant.sparsity.spec import SparsitySpec
 from sparsequant.stage import StageConfig, StageContext
-from sparsequant.stages.common import select_targets, verified_sparsity, write_model_artifact
+from sparsequant.stages.common import peak_rss_mb, select_targets, verified_sparsity, write_model_artifact
+
+
+class SparseGPTSettings(StrictModel):
+    dampening: float = Field(0.01, gt=0)  # δ = dampening · mean(diag H), the paper's 1 %
+    block_size: int = Field(128, ge=1)  # lazy-update block (rounded down to a multiple of M)
 
 
 class PruneConfig(StageConfig):
-    method: Literal["magnitude"] = "magnitude"
+    method: Literal["magnitude", "wanda", "sparsegpt"] = "magnitude"
     sparsity: SparsitySpec = SparsitySpec()
+    calibration: CalibrationConfig = CalibrationConfig()  # wanda and sparsegpt only
+    sparsegpt: SparseGPTSettings = SparseGPTSettings()
+
+
+def _layer_processor(method: str, pattern: NMPattern, settings: SparseGPTSettings):
+    """The per-decoder-layer pruning step for `run_layerwise` (see sparsequant.oneshot.layerwise)."""
+    from sparsequant.oneshot.pruners import sparsegpt_prune_, wanda_prune_
+
+    def process(_index: int, linears, stats) -> dict[str, Any]:
+        metrics = {}
+        for name, linear in linears.items():
+            if method == "wanda":
+                wanda_prune_(linear.weight.data, stats[name].input_norms(), pattern)
+            else:
+                result = sparsegpt_prune_(linear.weight.data, stats[name].hessian(), pattern,
+                                          dampening=settings.dampening, block_size=settings.block_size)
+                metrics[name] = {"obs_loss": result.loss}
+        return metrics
+
+    return process
 
 
 class PruneStage:
-    """Keep the N largest-|w| weights of every M consecutive inputs of each target layer.
+    """Prune each target layer to exact N:M in one shot.
+
+    `magnitude` keeps the N largest |w| of every M inputs; `wanda` ranks |w|·‖x‖ with input norms
+    from calibration text; `sparsegpt` chooses masks by OBS saliency and compensates the error with
+    the calibration Hessian. The calibrated methods go one decoder layer at a time.
 
     Example YAML:  - stage: prune
-                     config: {method: magnitude, sparsity: {pattern: "2:4", exclude: [lm_head]}}
-    Reads: the model.  Writes: the pruned model, `sparsity` (verified), metrics.prune_s.
+                     config: {method: sparsegpt, sparsity: {pattern: "2:4"},
+                              calibration: {data: {source: builtin, block_size: 512}, num_samples: 64}}
+    Reads: the model.  Writes: the pruned model, `sparsity` (verified), metrics.prune.
     """
 
     name: ClassVar[str] = "prune"
-    summary: ClassVar[str] = "one-shot N:M pruning (magnitude) of the selected Linear layers"
+    summary: ClassVar[str] = "one-shot N:M pruning (magnitude, wanda, sparsegpt) of the selected Linear layers"
     Config = PruneConfig
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset({"sparsity"})
@@ -37,11 +70,31 @@ class PruneStage:
 
     def run(self, artifact, ctx: StageContext):
         started = time.time()
-        model, tokenizer = artifact.load_model("cpu", trust_remote_code=ctx.trust_remote_code)
-        spec = self.config.sparsity
+        model, tokenizer = artifact.load_model(ctx.device, trust_remote_code=ctx.trust_remote_code)
+        spec, cfg = self.config.sparsity, self.config
         targets = select_targets(self.name, model, spec)
-        for module in tqdm(targets.values(), desc=f"prune {spec.pattern}", unit="layer", disable=not ctx.progress):
-            apply_mask_(module.weight.data, nm_mask(module.weight.abs(), spec.nm))
+        metrics: dict[str, Any] = {"method": cfg.method}
+        if cfg.method == "magnitude":
+            for module in tqdm(targets.values(), desc=f"prune {spec.pattern}", unit="layer", disable=not ctx.progress):
+                apply_mask_(module.weight.data, nm_mask(module.weight.abs(), spec.nm))
+        else:
+            metrics |= self._calibrated(model, tokenizer, targets, ctx)
         sparsity = verified_sparsity(self.name, targets, spec)
-        return write_model_artifact(self.name, self.config, ctx, started, artifact, model, tokenizer,
-                                    sparsity=sparsity, metrics={"prune_s": round(time.time() - started, 2)})
+        metrics |= {"seconds": round(time.time() - started, 2), "peak_rss_mb": peak_rss_mb()}
+        return write_model_artifact(self.name, cfg, ctx, started, artifact, model, tokenizer,
+                                    sparsity=sparsity, metrics={"prune": metrics})
+
+    def _calibrated(self, model, tokenizer, targets, ctx: StageContext) -> dict[str, Any]:
+        from sparsequant.oneshot.calibration import calibration_tokens
+        from sparsequant.oneshot.layerwise import run_layerwise
+
+        cfg = self.config
+        tokens = calibration_tokens(cfg.calibration, tokenizer, ctx.base_dir, ctx.seed)
+        process = _layer_processor(cfg.method, cfg.sparsity.nm, cfg.sparsegpt)
+        per_layer = run_layerwise(model, tokens, targets, process, stage=self.name,
+                                  full_hessian=cfg.method == "sparsegpt", batch_size=cfg.calibration.batch_size,
+                                  progress=ctx.progress)
+        out: dict[str, Any] = {"calibration": cfg.calibration.describe()}
+        if per_layer:
+            out["obs_loss_total"] = round(sum(m["obs_loss"] for m in per_layer.values()), 4)
+        return out

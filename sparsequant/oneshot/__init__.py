@@ -1,0 +1,1 @@
+"""Calibrated one-shot methods (Wanda, SparseGPT, GPTQ): layer-by-layer statistics and the OBS maths."""
