@@ -21,7 +21,7 @@ class DistillSpec(StrictModel):
 
 
 class CastConfig(StageConfig):
-    method: Literal["cast", "masked_kd"] = "cast"
+    method: Literal["cast", "masked_kd", "sr_ste"] = "cast"
     sparsity: SparsitySpec = SparsitySpec()
     data: DataConfig = DataConfig()
     steps: int = Field(100, ge=1)
@@ -36,7 +36,8 @@ class CastConfig(StageConfig):
     lam: float = Field(1e-3, ge=0)  # λ, of the order of typical gradients (cast-notes §1.4)
     alpha_ramp: float = Field(1.0, gt=0, le=1)  # α_t = min(1, t / (alpha_ramp·T)); 1.0 = the paper
     masked_lr_scale: float = Field(1.0, gt=0)  # step multiplier for masked entries only; 1.0 = the paper
-    mask_interval: int = Field(10, ge=1)  # T1
+    mask_interval: int | None = Field(None, ge=1)  # steps between mask updates; None: cast 10 (T1), sr_ste 1
+    sr_decay: float = Field(2e-4, ge=0)  # λ_W of SR-STE (its paper's value); sr_ste only
     scale_blocks: int = Field(2, ge=0)  # n column blocks of learnable scales per row; 0 = off
     distill: DistillSpec = DistillSpec()
     autocast: Literal["bfloat16", "float32"] = "bfloat16"
@@ -47,6 +48,10 @@ class CastConfig(StageConfig):
     eval_blocks: int = Field(8, ge=1)
     checkpoint_interval: int | None = Field(50, ge=1)
 
+    @property
+    def effective_mask_interval(self) -> int:
+        return self.mask_interval or (1 if self.method == "sr_ste" else 10)
+
     @model_validator(mode="after")
     def _train_split(self):
         if self.data.split != "train":
@@ -55,7 +60,8 @@ class CastConfig(StageConfig):
 
 
 class CastStage:
-    """Train a dense model into an exact N:M model with CAST, or with the masked-KD control.
+    """Train a dense model into an exact N:M model with CAST, or with a baseline: `masked_kd` (fixed
+    magnitude mask + KD fine-tuning) or `sr_ste` (straight-through N:M training with sparse-refined decay).
 
     Example YAML:  - stage: cast
                      config: {method: cast, steps: 500, lr: 1.0e-4, lam: 1.0e-3,
@@ -65,7 +71,7 @@ class CastStage:
     """
 
     name: ClassVar[str] = "cast"
-    summary: ClassVar[str] = "CAST sparsity-aware N:M training (AdamS, moving masks, scales, KD); or masked_kd"
+    summary: ClassVar[str] = "CAST sparsity-aware N:M training (AdamS, moving masks, scales, KD); or masked_kd, sr_ste"
     Config = CastConfig
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset({"sparsity"})

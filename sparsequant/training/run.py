@@ -13,6 +13,7 @@ from sparsequant.data.sources import load_text
 from sparsequant.sparsity.masks import nm_mask
 from sparsequant.training.loop import METRICS_FILE, LoopSettings, perplexity_from_nll, train_loop
 from sparsequant.training.schedule import decay_travel_bound, recommended_steps
+from sparsequant.training.srste import SRSTETask
 from sparsequant.training.tasks import CastTask, KDObjective, MaskedKDTask, heldout_nll
 
 
@@ -82,6 +83,8 @@ def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
             ctx.log.warning(warning)
             report.warnings.append(warning)
         task = CastTask(model, targets, pattern, objective, heldout, cfg.steps, cfg)
+    elif cfg.method == "sr_ste":
+        task = SRSTETask(model, targets, pattern, objective, heldout, cfg.steps, cfg)
     else:
         task = MaskedKDTask(model, targets, pattern, objective, heldout, cfg.steps, cfg)
     settings = LoopSettings(cfg.steps, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.grad_accum,

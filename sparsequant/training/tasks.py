@@ -92,7 +92,7 @@ class CastTask:
     def before_step(self, step: int) -> dict[str, float]:
         alpha = alpha_at(step, self.steps, self.cfg.alpha_ramp)
         self.optimizer.param_groups[0]["alpha"] = alpha
-        if step % self.cfg.mask_interval == 0:
+        if step % self.cfg.effective_mask_interval == 0:
             flipped, total = 0, 0
             old = self.masks()
             for name, weight in self.weights.items():

@@ -49,7 +49,7 @@ def run(tmp_path, **kwargs):
     return run_pipeline(load_pipeline(write_pipeline(tmp_path, **kwargs), registry), registry, progress=False)
 
 
-@pytest.mark.parametrize(("method", "pattern"), [("cast", "2:4"), ("cast", "4:8"), ("masked_kd", "2:4")])
+@pytest.mark.parametrize(("method", "pattern"), [("cast", "2:4"), ("cast", "4:8"), ("masked_kd", "2:4"), ("sr_ste", "2:4")])
 def test_exact_nm_and_excluded_layers_untouched(tmp_path, text_file, method, pattern):
     result = run(tmp_path, method=method, pattern=pattern)
     out, dense = result.final, Artifact.load(result.outcomes[0].path)

@@ -10,7 +10,7 @@ from sparsequant.testing import tiny_llama
 from sparsequant.training.tasks import CastTask, KDObjective
 
 CFG = SimpleNamespace(scale_blocks=2, lam=1e-3, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, alpha_ramp=1.0,
-                      mask_interval=10, masked_lr_scale=1.0)
+                      effective_mask_interval=10, masked_lr_scale=1.0)
 
 
 def make_task(model=None, teacher=None, eta=0.0):
