@@ -89,11 +89,12 @@ def cmd_inspect(args) -> int:
     report = verify_artifact(artifact)
     if args.json:
         print(json.dumps({"manifest": artifact.manifest.model_dump(mode="json"), "ok": report.ok,
-                          "checksum_failures": report.checksum_failures, "nm_failures": report.nm_failures}, indent=2))
+                          "checksum_failures": report.checksum_failures, "nm_failures": report.nm_failures,
+                          "grid_failures": report.grid_failures}, indent=2))
     else:
         print_manifest(artifact, verified=report)
     if not report.ok:
-        raise ValidationFailed(f"inspect {path}", report.checksum_failures + report.nm_failures)
+        raise ValidationFailed(f"inspect {path}", report.failures)
     return 0
 
 

@@ -83,7 +83,7 @@ def _run_one(stage_cls, config: StageConfig, stage_id: str, parent: Artifact | N
     artifact = stage_cls(config).run(parent, ctx)
     report = verify_artifact(artifact)
     if not report.ok:
-        raise ValidationFailed(f"[{stage_id}] output {artifact.path}", report.checksum_failures + report.nm_failures)
+        raise ValidationFailed(f"[{stage_id}] output {artifact.path}", report.failures)
     seconds = time.time() - started
     log.info("[%s] done in %.1f s -> %s", stage_id, seconds, artifact.path)
     return artifact, StageOutcome(stage_id, artifact.path, "ran", seconds)

@@ -54,6 +54,7 @@ def print_manifest(artifact: Artifact, verified=None, console: Console | None = 
     if verified is not None:
         status = "[green]OK[/green]" if verified.ok else "[red]FAILED[/red]"
         console.print(f"verify: checksums {len(m.model.files) - len(verified.checksum_failures)}/{len(m.model.files)}, "
-                      f"N:M layers checked {verified.layers_checked}: {status}")
-        for line in verified.checksum_failures + verified.nm_failures:
+                      f"N:M layers checked {verified.layers_checked}, on-grid layers checked "
+                      f"{verified.grid_layers_checked}: {status}")
+        for line in verified.failures:
             console.print(f"  [red]{line}[/red]")

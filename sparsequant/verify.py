@@ -13,11 +13,17 @@ from sparsequant.sparsity.report import nm_failures
 class VerifyReport:
     checksum_failures: list[str] = field(default_factory=list)
     nm_failures: list[str] = field(default_factory=list)
+    grid_failures: list[str] = field(default_factory=list)
     layers_checked: int = 0
+    grid_layers_checked: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.checksum_failures and not self.nm_failures
+        return not self.checksum_failures and not self.nm_failures and not self.grid_failures
+
+    @property
+    def failures(self) -> list[str]:
+        return self.checksum_failures + self.nm_failures + self.grid_failures
 
 
 def read_target_weights(artifact: Artifact, names: list[str]) -> dict:
@@ -36,15 +42,38 @@ def read_target_weights(artifact: Artifact, names: list[str]) -> dict:
     return found
 
 
+def grid_failures(artifact: Artifact) -> tuple[list[str], int]:
+    """(one line per quantized layer whose weights are off their grid, layers checked)."""
+    from sparsequant.quant.grid import off_grid_count
+    from sparsequant.quant.storage import load_grids
+
+    path = artifact.path / artifact.manifest.quantization.get("file", "quantization.safetensors")
+    if not path.is_file():
+        return [f"{path.name}: the quantization grids named by the manifest are missing"], 0
+    layers, spec, _ = load_grids(path)
+    weights = read_target_weights(artifact, list(layers))
+    failures = [f"{name}: weight not found in the model files" for name in sorted(set(layers) - set(weights))]
+    for name, weight in weights.items():
+        grid = layers[name]
+        if grid.scale.shape[0] != weight.shape[0] or grid.g_idx.shape[0] != weight.shape[1]:
+            failures.append(f"{name}: grid shape {tuple(grid.scale.shape)} does not fit weight {tuple(weight.shape)}")
+        elif bad := off_grid_count(weight, grid.scale, grid.zero, grid.g_idx, spec):
+            failures.append(f"{name}: {bad} of {weight.numel()} weights are off their {spec.bits}-bit grid")
+    return failures, len(weights)
+
+
 def verify_artifact(artifact: Artifact) -> VerifyReport:
-    """Checksums of every file, then exact N:M of every target layer the manifest names."""
+    """Checksums of every file, exact N:M of every sparse target, every quantized weight on its grid."""
     report = VerifyReport(checksum_failures=artifact.checksum_failures())
-    sparsity = artifact.manifest.sparsity
-    if sparsity is None or report.checksum_failures:
+    if report.checksum_failures:
         return report
-    weights = read_target_weights(artifact, sparsity.targets)
-    missing = sorted(set(sparsity.targets) - set(weights))
-    report.nm_failures = [f"{name}: weight not found in the model files" for name in missing]
-    report.nm_failures += nm_failures(weights, parse_pattern(sparsity.pattern))
-    report.layers_checked = len(weights)
+    sparsity = artifact.manifest.sparsity
+    if sparsity is not None:
+        weights = read_target_weights(artifact, sparsity.targets)
+        missing = sorted(set(sparsity.targets) - set(weights))
+        report.nm_failures = [f"{name}: weight not found in the model files" for name in missing]
+        report.nm_failures += nm_failures(weights, parse_pattern(sparsity.pattern))
+        report.layers_checked = len(weights)
+    if artifact.manifest.quantization is not None:
+        report.grid_failures, report.grid_layers_checked = grid_failures(artifact)
     return report

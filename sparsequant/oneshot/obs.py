@@ -31,8 +31,10 @@ import torch
 
 from sparsequant.sparsity.masks import NMPattern, nm_mask
 
-# quantize(column_index, column (O,)) -> quantized column (O,); GPTQ supplies one, SparseGPT none.
-ColumnQuantizer = Callable[[int, torch.Tensor], torch.Tensor]
+# quantize(column position, column (O,), the block's not-yet-visited columns (O, B−j), a view)
+# -> quantized column (O,). GPTQ supplies one (and fits a group's grid on the third argument
+# at the group's first column); SparseGPT none.
+ColumnQuantizer = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -97,7 +99,8 @@ def obs_sweep_(
         factor: (I, I) upper Cholesky factor of the damped inverse Hessian (`damped_inverse_factor`).
         pattern: N:M pattern to choose; `block_size` must then be a multiple of M.
         mask: (O, I) bool, True = kept; entries outside it end exactly 0.
-        quantize: maps (column index, updated column) to its quantized value; None = no quantization.
+        quantize: maps (column position, updated column, upcoming block columns) to the quantized
+            column; None = no quantization.
         block_size: columns per lazy-update block.
 
     Returns:
@@ -121,7 +124,7 @@ def obs_sweep_(
                 keep[:, col : col + pattern.m] = _nm_keep(block[:, j : j + pattern.m],
                                                           torch.diag(u_block)[j : j + pattern.m], pattern)
             w = block[:, j]
-            q = quantize(col, w) if quantize is not None else w.clone()
+            q = quantize(col, w, block[:, j:]) if quantize is not None else w.clone()
             q = q * keep[:, col]
             d = u_block[j, j]
             err = (w - q) / d

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from obs_reference import reference_sweep
 
 from sparsequant.oneshot.layerwise import InputStatistics
 from sparsequant.oneshot.obs import damped_inverse_factor, obs_sweep_
@@ -23,33 +24,12 @@ def hessian_of(x):
     return 2.0 / x.shape[0] * x.T @ x
 
 
-def reference_sparsegpt(weight, hessian, pattern, dampening):
-    """Column-by-column OBS with an explicit inverse of H restricted to the not-yet-visited columns
-    (GPTQ paper Eq. 2-3), in float64: no Cholesky trick, no lazy blocks."""
-    w = weight.double().clone()
-    h = hessian.double().clone()
-    h.diagonal().add_(dampening * h.diagonal().mean())
-    cols = w.shape[1]
-    mask = torch.ones_like(w, dtype=torch.bool)
-    for j in range(cols):
-        remaining = list(range(j, cols))
-        inv = torch.linalg.inv(h[remaining][:, remaining])  # (R, R); row 0 is column j
-        if j % pattern.m == 0:
-            diag = torch.diag(inv)[: pattern.m]  # [H_F^-1]_kk for the group's columns
-            mask[:, j : j + pattern.m] = nm_mask(w[:, j : j + pattern.m] ** 2 / diag.unsqueeze(0), pattern)
-        q = w[:, j] * mask[:, j]
-        err = (w[:, j] - q) / inv[0, 0]
-        w[:, j:] -= err.unsqueeze(1) * inv[0].unsqueeze(0)
-        w[:, j] = q
-    return w.float(), mask
-
-
 def test_sparsegpt_matches_explicit_inverse_reference():
     x = correlated_inputs()
     weight = torch.randn(8, 32, generator=torch.Generator().manual_seed(1))
     ours = weight.clone()
     result = sparsegpt_prune_(ours, hessian_of(x), P24, dampening=0.01, block_size=8)
-    expected, expected_mask = reference_sparsegpt(weight, hessian_of(x), P24, 0.01)
+    expected, expected_mask = reference_sweep(weight, hessian_of(x), 0.01, pattern=P24)
     assert torch.equal(result.mask, expected_mask)
     torch.testing.assert_close(ours, expected, atol=2e-4, rtol=1e-4)
     assert is_nm(ours, P24) and float((ours == 0).float().mean()) == 0.5

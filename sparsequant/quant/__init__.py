@@ -1,0 +1,1 @@
+"""Quantization maths: uniform integer grids and mask-preserving GPTQ (pure torch)."""

@@ -1,0 +1,122 @@
+"""`gptq` stage: GPTQ weight quantization that keeps an N:M model's mask exact."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from sparsequant.errors import StageError
+from sparsequant.oneshot.calibration import CalibrationConfig
+from sparsequant.stage import StageConfig, StageContext
+from sparsequant.stages.common import peak_rss_mb, verified_sparsity, write_model_artifact
+
+
+class GPTQConfig(StageConfig):
+    bits: Literal[2, 3, 4, 8] = 4
+    symmetric: bool = False
+    group_size: int | None = Field(64, ge=1)  # None = one grid per output channel; must divide every in_features
+    act_order: bool = False
+    dampening: float = Field(0.01, gt=0)
+    block_size: int = Field(128, ge=1)
+    include: list[str] = ["model.layers.*"]
+    exclude: list[str] = ["lm_head"]
+    calibration: CalibrationConfig = CalibrationConfig()
+
+
+def group_size_problems(widths: dict[str, int], group_size: int | None) -> str | None:
+    """One sentence naming the layers whose in_features the group size does not divide, and what would."""
+    if group_size is None:
+        return None
+    bad = {name: w for name, w in widths.items() if w % group_size}
+    if not bad:
+        return None
+    common = math.gcd(*widths.values())
+    fits = [g for g in (128, 64, 32, 16) if common % g == 0]
+    shown = ", ".join(f"{n} (in_features {w})" for n, w in list(bad.items())[:3])
+    return (f"group_size {group_size} does not divide the input width of {len(bad)} layer(s): {shown}"
+            f"{' ...' if len(bad) > 3 else ''}. To resolve, use group_size "
+            f"{' or '.join(map(str, fits[:2])) if fits else 'null (per channel)'}, or exclude those layers")
+
+
+class GPTQStage:
+    """Quantize the selected Linears with GPTQ; on an N:M model the pruned entries stay exactly zero.
+
+    Example YAML:  - stage: gptq
+                     config: {bits: 4, group_size: 64, symmetric: false,
+                              calibration: {data: {source: builtin, block_size: 512}, num_samples: 64}}
+    Reads: the model (and its `sparsity` section: those layers keep their masks).
+    Writes: fake-quant fp32 weights (every value on its grid), quantization.safetensors with the
+    grids, the manifest's `quantization` section, metrics.gptq (time, memory, GPTQ loss).
+    """
+
+    name: ClassVar[str] = "gptq"
+    summary: ClassVar[str] = "GPTQ 2/3/4/8-bit quantization that keeps the N:M mask exact"
+    Config = GPTQConfig
+    requires: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset({"quantization"})
+
+    def __init__(self, config: GPTQConfig):
+        self.config = config
+
+    def run(self, artifact, ctx: StageContext):
+        import torch
+
+        from sparsequant.oneshot.calibration import calibration_tokens
+        from sparsequant.oneshot.layerwise import run_layerwise
+        from sparsequant.quant.grid import GridSpec
+        from sparsequant.quant.storage import FILE_NAME, FORMAT, save_grids
+        from sparsequant.sparsity.targets import select_linears
+
+        started, cfg = time.time(), self.config
+        if artifact.manifest.quantization is not None:
+            raise StageError(self.name, f"{artifact.path} is already quantized ({artifact.manifest.quantization.get('method')}); "
+                             "quantize the unquantized model instead (remove the earlier gptq stage)")
+        model, tokenizer = artifact.load_model(ctx.device, dtype=torch.float32, trust_remote_code=ctx.trust_remote_code)
+        targets = select_linears(model, cfg.include, cfg.exclude)
+        if not targets:
+            raise StageError(self.name, f"no Linear layer matches include={cfg.include} exclude={cfg.exclude}")
+        problem = group_size_problems({n: m.in_features for n, m in targets.items()}, cfg.group_size)
+        if problem:
+            raise StageError(self.name, problem)
+        sparse = set(artifact.manifest.sparsity.targets) if artifact.manifest.sparsity else set()
+        masks = {n: m.weight.detach() != 0 for n, m in targets.items() if n in sparse}
+        spec, grids = GridSpec(cfg.bits, cfg.symmetric), {}
+
+        def process(_index, linears, stats) -> dict[str, Any]:
+            from sparsequant.quant.gptq import gptq_quantize_
+
+            for name, linear in linears.items():
+                grids[name] = gptq_quantize_(linear.weight.data, stats[name].hessian(), spec, group_size=cfg.group_size,
+                                             mask=masks.get(name), act_order=cfg.act_order,
+                                             dampening=cfg.dampening, block_size=cfg.block_size)
+            return {name: {"loss": grids[name].loss} for name in linears}
+
+        tokens = calibration_tokens(cfg.calibration, tokenizer, ctx.base_dir, ctx.seed)
+        run_layerwise(model, tokens, targets, process, stage=self.name, full_hessian=True,
+                      batch_size=cfg.calibration.batch_size, progress=ctx.progress)
+        sparsity = self._reverified_sparsity(artifact, model)
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        grid_file = ctx.work_dir / FILE_NAME
+        save_grids(grid_file, grids, spec, cfg.group_size)
+        quantization = {"method": "gptq", "bits": cfg.bits, "group_size": cfg.group_size, "symmetric": cfg.symmetric,
+                        "act_order": cfg.act_order, "format": FORMAT, "file": FILE_NAME, "layers": len(grids)}
+        metrics = {"seconds": round(time.time() - started, 2), "peak_rss_mb": peak_rss_mb(),
+                   "calibration": cfg.calibration.describe(),
+                   "loss_total": round(sum(g.loss for g in grids.values()), 4)}
+        return write_model_artifact(self.name, cfg, ctx, started, artifact, model, tokenizer, sparsity=sparsity,
+                                    quantization=quantization, metrics={"gptq": metrics},
+                                    extra_files={FILE_NAME: grid_file})
+
+    def _reverified_sparsity(self, artifact, model):
+        """The parent's sparsity section, re-checked on the quantized weights (None for a dense model)."""
+        info = artifact.manifest.sparsity
+        if info is None:
+            return None
+        from sparsequant.sparsity.spec import SparsitySpec
+
+        modules = dict(model.named_modules())
+        spec = SparsitySpec(pattern=info.pattern, include=info.include, exclude=info.exclude)
+        return verified_sparsity(self.name, {n: modules[n] for n in info.targets}, spec)
