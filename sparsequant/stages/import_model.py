@@ -6,6 +6,7 @@ import hashlib
 import time
 from typing import ClassVar, Literal
 
+from sparsequant.errors import StageError
 from sparsequant.fsutil import sha256_file
 from sparsequant.models import load_source, resolve_source
 from sparsequant.stage import StageConfig, StageContext
@@ -34,6 +35,8 @@ class ImportStage:
 
     Example YAML:  input: smollm2-135m        # the pipeline runs this stage first, implicitly
     Reads: nothing.  Writes: model files, lineage[0] with the source and its sha256.
+    When the source is a sparsequant artifact (say a pruned model from another run), its `sparsity`
+    and `quantization` sections (and grids) carry over; the pipeline then re-verifies them.
     """
 
     name: ClassVar[str] = "import"
@@ -54,6 +57,25 @@ class ImportStage:
         model, tokenizer = load_source(kind, path, getattr(torch, self.config.dtype), ctx.trust_remote_code)
         lineage = {"source": self.config.source, "source_kind": kind, "source_sha256": source_sha256(kind, path)}
         warnings = ["trust_remote_code was enabled for this import"] if ctx.trust_remote_code else []
+        sections, extra_files = self._carried_over(kind, path, lineage)
         return write_model_artifact(self.name, self.config, ctx, started, None, model, tokenizer,
                                     lineage=lineage, metrics={"import_s": round(time.time() - started, 2)},
-                                    warnings=warnings)
+                                    warnings=warnings, extra_files=extra_files, **sections)
+
+    def _carried_over(self, kind: str, path, lineage: dict) -> tuple[dict, dict]:
+        """Sections and files that stay true of the weights when the source is itself an artifact."""
+        from sparsequant.artifact import Artifact
+
+        if kind != "hf_dir" or not Artifact.is_complete(path):
+            return {}, {}
+        source = Artifact.load(path).manifest  # checksums verified
+        lineage["source_lineage"] = [entry.get("stage") for entry in source.lineage]
+        sections = {"sparsity": source.sparsity, "quantization": source.quantization}
+        extra = {}
+        if source.quantization is not None:
+            if self.config.dtype != "float32":
+                raise StageError(self.name, f"{path} is quantized; importing it as {self.config.dtype} would move its "
+                                 "weights off their grids. Import it with dtype: float32")
+            name = source.quantization.get("file", "quantization.safetensors")
+            extra[name] = path / name
+        return sections, extra

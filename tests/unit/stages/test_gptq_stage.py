@@ -86,3 +86,15 @@ def test_bad_group_size_and_double_quantization_are_clear_errors(tmp_path, text_
     twice = prune_then_gptq() + f"  - stage: gptq\n    config: {{{CALIBRATION}}}\n"
     with pytest.raises(SparsequantError, match="already quantized"):
         run(tmp_path, twice, name="twice")
+
+
+def test_importing_an_artifact_carries_its_sparsity_and_grids(tmp_path, text_file):
+    quantized = run(tmp_path, prune_then_gptq()).final
+    path = tmp_path / "again.yaml"
+    path.write_text(f"version: 1\ninput: {quantized.path}\noutput_dir: again\nstages: []\n")
+    registry = Registry.default()
+    imported = run_pipeline(load_pipeline(path, registry), registry, progress=False).final
+    assert imported.manifest.sparsity.targets == quantized.manifest.sparsity.targets
+    assert imported.manifest.quantization == quantized.manifest.quantization
+    assert (imported.path / "quantization.safetensors").is_file() and grid_failures(imported) == ([], 14)
+    assert imported.manifest.lineage[0]["source_lineage"] == ["import", "prune", "gptq"]
