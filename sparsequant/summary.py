@@ -21,16 +21,25 @@ def _headline_metrics(artifact: Artifact) -> str:
     return escape(", ".join(f"{v:.2f} ({k})" for k, v in ppl.items())) or "-"
 
 
+def _quantization(artifact: Artifact) -> str:
+    q = artifact.manifest.quantization
+    if not q:
+        return "-"
+    grid = f"g{q['group_size']}" if q.get("group_size") else "per-channel"
+    return f"{q.get('method', '?')} W{q.get('bits', '?')} {grid}"
+
+
 def print_run_summary(result, console: Console | None = None) -> None:
     console = _console(console)
     table = Table(title="sparsequant run")
-    for column in ("stage", "status", "time (s)", "sparsity", "perplexity"):
+    for column in ("stage", "status", "time (s)", "sparsity", "quantization", "perplexity"):
         table.add_column(column)
     for outcome in result.outcomes:
         artifact = Artifact.load(outcome.path, verify=False)
         sparsity = artifact.manifest.sparsity
         sp = f"{sparsity.pattern}, {sparsity.layers} layers, zeros {sparsity.zero_fraction:.4f}" if sparsity else "dense"
-        table.add_row(outcome.stage_id, outcome.status, f"{outcome.seconds:.1f}", sp, _headline_metrics(artifact))
+        table.add_row(outcome.stage_id, outcome.status, f"{outcome.seconds:.1f}", sp, _quantization(artifact),
+                      _headline_metrics(artifact))
     console.print(table)
     console.print(f"artifacts in {result.final.path.parent}; final: {result.final.path.name}")
 
