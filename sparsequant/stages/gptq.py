@@ -65,8 +65,8 @@ class GPTQStage:
         import torch
 
         from sparsequant.oneshot.calibration import calibration_tokens
-        from sparsequant.oneshot.layerwise import run_layerwise
         from sparsequant.quant.grid import GridSpec
+        from sparsequant.quant.model import GPTQSettings, gptq_model_
         from sparsequant.quant.storage import FILE_NAME, FORMAT, save_grids
         from sparsequant.sparsity.targets import select_linears
 
@@ -83,26 +83,16 @@ class GPTQStage:
             raise StageError(self.name, problem)
         sparse = set(artifact.manifest.sparsity.targets) if artifact.manifest.sparsity else set()
         masks = {n: m.weight.detach() != 0 for n, m in targets.items() if n in sparse}
-        spec, grids = GridSpec(cfg.bits, cfg.symmetric), {}
-
-        def process(_index, linears, stats) -> dict[str, Any]:
-            from sparsequant.quant.gptq import gptq_quantize_
-
-            for name, linear in linears.items():
-                grids[name] = gptq_quantize_(linear.weight.data, stats[name].hessian(), spec, group_size=cfg.group_size,
-                                             mask=masks.get(name), act_order=cfg.act_order,
-                                             dampening=cfg.dampening, block_size=cfg.block_size)
-            return {name: {"loss": grids[name].loss} for name in linears}
-
+        settings = GPTQSettings(GridSpec(cfg.bits, cfg.symmetric), cfg.group_size, cfg.act_order, cfg.dampening,
+                                cfg.block_size)
         tokens = calibration_tokens(cfg.calibration, tokenizer, ctx.base_dir, ctx.seed)
-        run_layerwise(model, tokens, targets, process, stage=self.name, full_hessian=True,
-                      batch_size=cfg.calibration.batch_size, progress=ctx.progress)
+        grids = gptq_model_(model, targets, masks, settings, tokens, stage=self.name,
+                            batch_size=cfg.calibration.batch_size, progress=ctx.progress)
         sparsity = self._reverified_sparsity(artifact, model)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         grid_file = ctx.work_dir / FILE_NAME
-        save_grids(grid_file, grids, spec, cfg.group_size)
-        quantization = {"method": "gptq", "bits": cfg.bits, "group_size": cfg.group_size, "symmetric": cfg.symmetric,
-                        "act_order": cfg.act_order, "format": FORMAT, "file": FILE_NAME, "layers": len(grids)}
+        save_grids(grid_file, grids, settings.spec, cfg.group_size)
+        quantization = settings.describe() | {"format": FORMAT, "file": FILE_NAME, "layers": len(grids)}
         metrics = {"seconds": round(time.time() - started, 2), "peak_rss_mb": peak_rss_mb(),
                    "calibration": cfg.calibration.describe(),
                    "loss_total": round(sum(g.loss for g in grids.values()), 4)}

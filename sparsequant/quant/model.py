@@ -1,0 +1,52 @@
+"""GPTQ over a whole model, layer by layer (used by the `gptq` stage and by `lora`'s requantize merge)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsequant.oneshot.layerwise import run_layerwise
+from sparsequant.quant.gptq import QuantizedLayer, gptq_quantize_
+from sparsequant.quant.grid import GridSpec
+
+
+@dataclass(frozen=True)
+class GPTQSettings:
+    spec: GridSpec
+    group_size: int | None
+    act_order: bool = False
+    dampening: float = 0.01
+    block_size: int = 128
+
+    @classmethod
+    def from_manifest(cls, section: dict[str, Any]) -> GPTQSettings:
+        """The settings a `quantization` manifest section was made with (to re-quantize the same way)."""
+        return cls(GridSpec(int(section["bits"]), bool(section["symmetric"])), section.get("group_size"),
+                   bool(section.get("act_order", False)))
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": "gptq", "bits": self.spec.bits, "group_size": self.group_size,
+                "symmetric": self.spec.symmetric, "act_order": self.act_order}
+
+
+@torch.no_grad()
+def gptq_model_(model: nn.Module, targets: dict[str, nn.Linear], masks: dict[str, torch.Tensor],
+                settings: GPTQSettings, tokens: torch.Tensor, *, stage: str, batch_size: int = 4,
+                progress: bool = True) -> dict[str, QuantizedLayer]:
+    """Quantize every target in place (fp32 weights) with calibration `tokens` (N, T); `masks` stay exact."""
+    grids: dict[str, QuantizedLayer] = {}
+
+    def process(_index, linears, stats) -> dict[str, Any]:
+        for name, linear in linears.items():
+            grids[name] = gptq_quantize_(linear.weight.data, stats[name].hessian(), settings.spec,
+                                         group_size=settings.group_size, mask=masks.get(name),
+                                         act_order=settings.act_order, dampening=settings.dampening,
+                                         block_size=settings.block_size)
+        return {}
+
+    run_layerwise(model, tokens, targets, process, stage=stage, full_hessian=True, batch_size=batch_size,
+                  progress=progress)
+    return grids
