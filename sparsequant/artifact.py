@@ -28,6 +28,8 @@ from sparsequant.manifest import (
     utc_now,
 )
 
+ADAPTER_DIR = "adapter"
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -76,8 +78,29 @@ class Artifact:
                 failures.append(f"{name} has a different sha256 than recorded")
         return failures
 
-    def load_model(self, device: str = "cpu", dtype: torch.dtype | None = None, trust_remote_code: bool = False):
-        """Load (model, tokenizer) with transformers; fp32 unless `dtype` is given."""
+    @property
+    def adapter_dir(self) -> Path | None:
+        """The unmerged masked-LoRA adapter (`lora` with merge: keep), if this artifact has one."""
+        path = self.path / ADAPTER_DIR
+        return path if path.is_dir() else None
+
+    def sparsity_masks(self, model) -> dict:
+        """{target name: (O, I) N:M keep-mask} of this artifact's sparse layers in `model` (empty if dense)."""
+        from sparsequant.sparsity.masks import parse_pattern, support_mask
+
+        info = self.manifest.sparsity
+        if info is None:
+            return {}
+        modules = dict(model.named_modules())
+        return {name: support_mask(modules[name].weight, parse_pattern(info.pattern)) for name in info.targets}
+
+    def load_model(self, device: str = "cpu", dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+                   with_adapter: bool = True):
+        """Load (model, tokenizer) with transformers; fp32 unless `dtype` is given.
+
+        With an `adapter/` (and `with_adapter`), the model comes back as a peft model with the masked
+        adapter attached unmerged, so evaluation sees the weights the `lora` stage trained.
+        """
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -85,6 +108,10 @@ class Artifact:
             self.path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
         )
         tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+        if with_adapter and self.adapter_dir is not None:
+            from sparsequant.lora.masked import load_masked_adapter
+
+            model = load_masked_adapter(model, self.adapter_dir, self.sparsity_masks(model))
         return model.to(device).eval(), tokenizer
 
 

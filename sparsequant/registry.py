@@ -22,6 +22,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "evaluate": "sparsequant.stages.evaluate:EvaluateStage",
     "cast": "sparsequant.stages.cast:CastStage",
     "gptq": "sparsequant.stages.gptq:GPTQStage",
+    "lora": "sparsequant.stages.lora:LoraStage",
 }
 BUILTIN_SUMMARIES: dict[str, str] = {
     "import": "load a transformers directory, a .gguf file or a built-in model into an artifact",
@@ -29,6 +30,7 @@ BUILTIN_SUMMARIES: dict[str, str] = {
     "evaluate": "perplexity of a text file (and tokens/s) into the manifest",
     "cast": "CAST sparsity-aware N:M training (AdamS, moving masks, scales, KD); or masked_kd, sr_ste",
     "gptq": "GPTQ 2/3/4/8-bit quantization that keeps the N:M mask exact",
+    "lora": "masked LoRA fine-tuning; the merge keeps N:M and re-quantizes onto the grid",
 }
 
 

@@ -96,3 +96,12 @@ def count_nm_violations(weight: torch.Tensor, pattern: NMPattern) -> int:
 def is_nm(weight: torch.Tensor, pattern: NMPattern) -> bool:
     """True when every group of M along the input dimension has at most N non-zeros."""
     return count_nm_violations(weight, pattern) == 0
+
+
+def support_mask(weight: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
+    """The N:M keep-mask of a weight that is already N:M: every non-zero, plus (in a group holding
+    fewer than N non-zeros, e.g. a kept weight that quantized to 0) the lowest-index zeros.
+
+    `weight != 0` alone would freeze such kept-but-zero weights for every later stage.
+    """
+    return nm_mask((weight.detach() != 0).to(torch.float32), pattern)

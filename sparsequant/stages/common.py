@@ -48,6 +48,23 @@ def verified_sparsity(stage: str, targets: dict[str, nn.Linear], spec: SparsityS
                         per_layer=per_layer)
 
 
+def _copy_into(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)  # names like "adapter/adapter_model.safetensors"
+    shutil.copyfile(source, target)
+
+
+def reverified_sparsity(stage: str, parent: Artifact, model) -> SparsityInfo | None:
+    """The parent's sparsity section, re-checked on `model`'s weights (None for a dense parent)."""
+    from sparsequant.sparsity.spec import SparsitySpec
+
+    info = parent.manifest.sparsity
+    if info is None:
+        return None
+    modules = dict(model.named_modules())
+    spec = SparsitySpec(pattern=info.pattern, include=info.include, exclude=info.exclude)
+    return verified_sparsity(stage, {n: modules[n] for n in info.targets}, spec)
+
+
 def stage_record(name: str, config: StageConfig, ctx: StageContext, started: float) -> StageRecord:
     return StageRecord(name=name, id=ctx.stage_id, config=config.model_dump(mode="json"),
                        config_sha256=ctx.config_sha256, duration_s=round(time.time() - started, 3))
@@ -82,7 +99,7 @@ def write_model_artifact(
         else:
             writer.save_model(model, tokenizer)
         for file_name, source in (extra_files or {}).items():
-            writer.write_extra(file_name, lambda target, source=source: shutil.copyfile(source, target))
+            writer.write_extra(file_name, lambda target, source=source: _copy_into(source, target))
         entry = {"stage": name, "config_sha256": ctx.config_sha256, **(lineage or {})}
         return writer.commit(stage_record(name, config, ctx, started), model_info(model), parent, entry,
                              ctx.device, inherit_metrics=reuse_parent_files, **sections)

@@ -11,7 +11,7 @@ from pydantic import Field
 from sparsequant.errors import StageError
 from sparsequant.oneshot.calibration import CalibrationConfig
 from sparsequant.stage import StageConfig, StageContext
-from sparsequant.stages.common import peak_rss_mb, verified_sparsity, write_model_artifact
+from sparsequant.stages.common import peak_rss_mb, reverified_sparsity, write_model_artifact
 
 
 class GPTQConfig(StageConfig):
@@ -81,14 +81,13 @@ class GPTQStage:
         problem = group_size_problems({n: m.in_features for n, m in targets.items()}, cfg.group_size)
         if problem:
             raise StageError(self.name, problem)
-        sparse = set(artifact.manifest.sparsity.targets) if artifact.manifest.sparsity else set()
-        masks = {n: m.weight.detach() != 0 for n, m in targets.items() if n in sparse}
+        masks = {n: mask for n, mask in artifact.sparsity_masks(model).items() if n in targets}
         settings = GPTQSettings(GridSpec(cfg.bits, cfg.symmetric), cfg.group_size, cfg.act_order, cfg.dampening,
                                 cfg.block_size)
         tokens = calibration_tokens(cfg.calibration, tokenizer, ctx.base_dir, ctx.seed)
         grids = gptq_model_(model, targets, masks, settings, tokens, stage=self.name,
                             batch_size=cfg.calibration.batch_size, progress=ctx.progress)
-        sparsity = self._reverified_sparsity(artifact, model)
+        sparsity = reverified_sparsity(self.name, artifact, model)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         grid_file = ctx.work_dir / FILE_NAME
         save_grids(grid_file, grids, settings.spec, cfg.group_size)
@@ -99,14 +98,3 @@ class GPTQStage:
         return write_model_artifact(self.name, cfg, ctx, started, artifact, model, tokenizer, sparsity=sparsity,
                                     quantization=quantization, metrics={"gptq": metrics},
                                     extra_files={FILE_NAME: grid_file})
-
-    def _reverified_sparsity(self, artifact, model):
-        """The parent's sparsity section, re-checked on the quantized weights (None for a dense model)."""
-        info = artifact.manifest.sparsity
-        if info is None:
-            return None
-        from sparsequant.sparsity.spec import SparsitySpec
-
-        modules = dict(model.named_modules())
-        spec = SparsitySpec(pattern=info.pattern, include=info.include, exclude=info.exclude)
-        return verified_sparsity(self.name, {n: modules[n] for n in info.targets}, spec)

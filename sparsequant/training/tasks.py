@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sparsequant.data.chat import IGNORE_INDEX, split_loss_encoding
 from sparsequant.sparsity.masks import NMPattern, apply_mask_, nm_mask
 from sparsequant.training.adams import AdamS, masked_weight_fraction
 from sparsequant.training.distill import distillation_loss
@@ -37,16 +38,17 @@ class KDObjective:
 
     def __call__(self, model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(model.parameters()).device
-        batch = batch.to(device)
+        # Chat blocks mark context tokens with negative ids (sparsequant.data.chat); text has none.
+        input_ids, labels = split_loss_encoding(batch.to(device))
         teacher_logits = None
         if self.eta > 0 and self.teacher is not None:
             with torch.no_grad(), autocast_ctx(self.autocast, device):
-                teacher_logits = self.teacher(input_ids=batch).logits  # (B, T, V)
+                teacher_logits = self.teacher(input_ids=input_ids).logits  # (B, T, V)
         with autocast_ctx(self.autocast, device):
-            student_logits = model(input_ids=batch).logits  # (B, T, V)
+            student_logits = model(input_ids=input_ids).logits  # (B, T, V)
         if teacher_logits is None:
             teacher_logits = student_logits.detach()  # KL term is then 0 and η·0 drops out
-        out = distillation_loss(student_logits, teacher_logits, batch, self.eta if self.teacher else 0.0,
+        out = distillation_loss(student_logits, teacher_logits, labels, self.eta if self.teacher else 0.0,
                                 self.temperature)
         return out.loss, {"kl": float(out.kl.detach()), "ce": float(out.ce.detach())}
 
@@ -57,13 +59,14 @@ def heldout_nll(model: nn.Module, blocks: torch.Tensor, autocast: torch.dtype | 
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        batch = blocks[start : start + batch_size].to(device)
+        input_ids, labels = split_loss_encoding(blocks[start : start + batch_size].to(device))
         with autocast_ctx(autocast, device):
-            logits = model(input_ids=batch).logits
-        total += float(nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch[:, 1:].flatten(),
-                                                   reduction="sum"))
-        count += batch[:, 1:].numel()
-    return total / count
+            logits = model(input_ids=input_ids).logits
+        targets = labels[:, 1:]
+        total += float(nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(),
+                                                   reduction="sum", ignore_index=IGNORE_INDEX))
+        count += int((targets != IGNORE_INDEX).sum())
+    return total / max(count, 1)
 
 
 class CastTask:

@@ -1,0 +1,169 @@
+"""`lora` stage: masked LoRA fine-tuning whose merge keeps N:M (and the quantization grid) exact."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from sparsequant.data.sources import DataConfig
+from sparsequant.errors import StageError
+from sparsequant.oneshot.calibration import CalibrationConfig
+from sparsequant.schema import StrictModel
+from sparsequant.stage import StageConfig, StageContext
+from sparsequant.stages.common import peak_rss_mb, reverified_sparsity, write_model_artifact
+
+
+class LoraDistill(StrictModel):
+    eta: float = Field(0.0, ge=0, le=1)  # KL weight; 0 = plain fine-tuning
+    temperature: float = Field(1.0, gt=0)
+    teacher: str | None = None  # artifact or transformers dir (e.g. the dense import), relative to the pipeline
+    teacher_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+
+    @model_validator(mode="after")
+    def _teacher_given(self):
+        if self.eta > 0 and not self.teacher:
+            raise ValueError("distill.eta > 0 needs distill.teacher (a path to the dense model's artifact)")
+        return self
+
+
+class LoraConfig(StageConfig):
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    include: list[str] = ["model.layers.*"]
+    exclude: list[str] = ["lm_head"]
+    data: DataConfig = DataConfig()
+    format: Literal["text", "chat"] = "text"  # chat: .jsonl of {"messages": [...]}, loss on assistant tokens
+    steps: int | None = Field(None, ge=1)  # default 100 unless epochs is given
+    epochs: float | None = Field(None, gt=0)  # instead of steps
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    autocast: Literal["bfloat16", "float32"] = "bfloat16"
+    distill: LoraDistill = LoraDistill()
+    merge: Literal["merge", "requantize", "keep"] | None = None  # None: requantize if quantized, else merge
+    requantize_calibration: CalibrationConfig = CalibrationConfig(num_samples=16)
+    log_interval: int = Field(10, ge=1)
+    eval_interval: int | None = Field(None, ge=1)
+    eval_blocks: int = Field(8, ge=1)
+    checkpoint_interval: int | None = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self):
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("give steps or epochs, not both")
+        if self.format == "chat" and not self.data.source.endswith(".jsonl"):
+            raise ValueError("format: chat needs data.source to be a .jsonl file of {\"messages\": [...]} records")
+        return self
+
+    def total_steps(self, train_blocks: int) -> int:
+        if self.epochs is None:
+            return self.steps or 100
+        return max(1, math.ceil(self.epochs * train_blocks / (self.batch_size * self.grad_accum)))
+
+
+class LoraStage:
+    """Fine-tune with LoRA whose update is masked by each layer's N:M pattern, then merge exactly.
+
+    merge: `merge` adds (B·A·s) ⊙ M into W (exact N:M); `requantize` (the default on a `gptq` artifact)
+    merges and re-runs mask-preserving GPTQ with the parent's grid settings; `keep` stores the
+    adapter unmerged in `adapter/` (peft format) on top of the unchanged base.
+
+    Example YAML:  - stage: lora
+                     config: {rank: 16, alpha: 32, steps: 200, data: {source: chat.jsonl}, format: chat}
+    Reads: the model, its `sparsity` and `quantization`.  Writes: the merged (or base + adapter) model,
+    re-verified `sparsity`, `quantization` (new grids after requantize), metrics.lora.
+    """
+
+    name: ClassVar[str] = "lora"
+    summary: ClassVar[str] = "masked LoRA fine-tuning; the merge keeps N:M and re-quantizes onto the grid"
+    Config = LoraConfig
+    requires: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: LoraConfig):
+        self.config = config
+
+    def _merge_mode(self, artifact) -> str:
+        quantized = artifact.manifest.quantization is not None
+        mode = self.config.merge or ("requantize" if quantized else "merge")
+        if mode == "merge" and quantized:
+            raise StageError(self.name, "merge: merge on a quantized model would move weights off their grid; "
+                             "use merge: requantize or merge: keep")
+        if mode == "requantize" and not quantized:
+            raise StageError(self.name, "merge: requantize needs a quantized input (a gptq stage before lora); "
+                             "use merge: merge")
+        if artifact.adapter_dir is not None:
+            raise StageError(self.name, f"{artifact.path} already holds an unmerged adapter; run lora on a merged model")
+        return mode
+
+    def run(self, artifact, ctx: StageContext):
+        import torch
+
+        from sparsequant.lora.masked import masked_lora_config, set_update_masks, wrap_masked_lora
+        from sparsequant.lora.train import train_lora
+        from sparsequant.sparsity.targets import select_linears
+
+        started, cfg = time.time(), self.config
+        mode = self._merge_mode(artifact)
+        model, tokenizer = artifact.load_model(ctx.device, dtype=torch.float32, trust_remote_code=ctx.trust_remote_code)
+        targets = select_linears(model, cfg.include, cfg.exclude)
+        if not targets:
+            raise StageError(self.name, f"no Linear layer matches include={cfg.include} exclude={cfg.exclude}")
+        masks = artifact.sparsity_masks(model)
+        peft_model = wrap_masked_lora(model, masked_lora_config(cfg.rank, cfg.alpha, cfg.dropout, sorted(targets)))
+        set_update_masks(peft_model, masks)
+        report = train_lora(peft_model, tokenizer, cfg, ctx)
+        metrics: dict[str, Any] = {**report.metrics, "merge": mode, "rank": cfg.rank, "targets": len(targets)}
+        extra, sections = dict(report.extra_files), {}
+        if mode == "keep":
+            extra |= self._saved_adapter(peft_model, ctx)
+            model = peft_model.unload()  # the base, untouched
+            if artifact.manifest.quantization:
+                name = artifact.manifest.quantization.get("file", "quantization.safetensors")
+                extra[name] = artifact.path / name
+        else:
+            model = peft_model.merge_and_unload()
+            if mode == "requantize":
+                sections["quantization"], extra_q, metrics["requantize_s"] = self._requantize(artifact, model, tokenizer,
+                                                                                             masks, ctx)
+                extra |= extra_q
+        metrics |= {"seconds": round(time.time() - started, 2), "peak_rss_mb": peak_rss_mb()}
+        sparsity = reverified_sparsity(self.name, artifact, model)
+        return write_model_artifact(self.name, cfg, ctx, started, artifact, model, tokenizer, sparsity=sparsity,
+                                    metrics={"lora": metrics}, extra_files=extra, **sections)
+
+    def _saved_adapter(self, peft_model, ctx: StageContext) -> dict:
+        from sparsequant.artifact import ADAPTER_DIR
+
+        target = ctx.work_dir / ADAPTER_DIR
+        peft_model.save_pretrained(str(target))
+        return {f"{ADAPTER_DIR}/{f.name}": f for f in sorted(target.iterdir()) if f.is_file() and f.suffix != ".md"}
+
+    def _requantize(self, artifact, model, tokenizer, masks, ctx: StageContext):
+        """Mask-preserving GPTQ of the merged layers with the parent's grid settings -> (section, files, seconds)."""
+        from sparsequant.oneshot.calibration import calibration_tokens
+        from sparsequant.quant.model import GPTQSettings, gptq_model_
+        from sparsequant.quant.storage import FILE_NAME, load_grids, save_grids
+
+        started = time.time()
+        section = artifact.manifest.quantization
+        old_grids, _, _ = load_grids(artifact.path / section.get("file", FILE_NAME))
+        modules = dict(model.named_modules())
+        targets = {name: modules[name] for name in old_grids}
+        settings = GPTQSettings.from_manifest(section)
+        tokens = calibration_tokens(self.config.requantize_calibration, tokenizer, ctx.base_dir, ctx.seed)
+        grids = gptq_model_(model, targets, {n: masks[n] for n in targets if n in masks}, settings, tokens, stage=self.name,
+                            batch_size=self.config.requantize_calibration.batch_size, progress=ctx.progress)
+        grid_file = ctx.work_dir / FILE_NAME
+        save_grids(grid_file, grids, settings.spec, settings.group_size)
+        new_section = {**section, "lora_merge": "requantize"}
+        return new_section, {FILE_NAME: grid_file}, round(time.time() - started, 2)
