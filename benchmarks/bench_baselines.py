@@ -146,7 +146,8 @@ def main() -> None:
     for name in args.methods:
         cmd = [sys.executable, __file__, "--only", name, "--tokens", str(args.tokens),
                "--wiki-windows", str(args.wiki_windows), "--out-dir", str(out)]
-        subprocess.run(cmd, check=True)
+        if not (out / f"{name}.row.json").exists():  # written last by a finished method: reuse it
+            subprocess.run(cmd, check=True)
         rows.append(json.loads((out / f"{name}.row.json").read_text()))
         Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "tokens": args.tokens,
                                                "calibration": CALIBRATION, "train_batch": [BATCH, BLOCK],

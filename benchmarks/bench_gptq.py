@@ -103,8 +103,9 @@ def main() -> None:
         for scheme in SCHEMES:
             for tool in ("ours", "llmcompressor"):
                 name = f"{base}:{scheme}:{tool}"
-                subprocess.run([sys.executable, __file__, "--only", name, "--wiki-windows", str(args.wiki_windows),
-                                "--out-dir", str(out)], check=True)
+                if not (out / f"{name.replace(':', '_')}.row.json").exists():
+                    subprocess.run([sys.executable, __file__, "--only", name, "--wiki-windows",
+                                    str(args.wiki_windows), "--out-dir", str(out)], check=True)
                 rows.append(json.loads((out / f"{name.replace(':', '_')}.row.json").read_text()))
                 Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "calibration": CALIBRATION,
                                                        "rows": rows}, indent=2) + "\n")

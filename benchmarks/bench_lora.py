@@ -1,0 +1,73 @@
+"""Masked LoRA on SmolLM2-135M 2:4 + GPTQ 4-bit g64 (issue "LoRA stage").
+
+Usage (after bench_gptq.py has written runs/bench_gptq/sparsegpt24_w4g64_ours):
+  .venv/bin/python benchmarks/bench_lora.py --steps 32 --wiki-windows 128
+
+Three numbers on the same evaluation windows: before LoRA (the GPTQ artifact), after LoRA with the
+adapter unmerged (merge: keep), and after merge + mask-preserving re-quantization (merge: requantize).
+The two LoRA runs train identically (same seed and data), so their difference is the merge alone.
+Results: benchmarks/results/lora.json and markdown rows on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from bench_cast_quality import REPO, evaluations
+
+from sparsequant.artifact import Artifact
+from sparsequant.config import validate_pipeline_data
+from sparsequant.pipeline import run_pipeline
+from sparsequant.registry import Registry
+from sparsequant.verify import verify_artifact
+
+BASE = REPO / "runs/bench_gptq/sparsegpt24_w4g64_ours/01_gptq"
+
+
+def lora_stage(merge: str, steps: int) -> dict:
+    return {"stage": "lora", "config": {"rank": 16, "alpha": 32, "steps": steps, "batch_size": 4, "lr": 2.0e-4,
+                                        "data": {"source": "builtin", "block_size": 256}, "merge": merge,
+                                        "checkpoint_interval": 16,
+                                        "requantize_calibration": {"data": {"source": "builtin", "block_size": 512},
+                                                                   "num_samples": 64}}}
+
+
+def run(name: str, first: dict | None, out: Path, wiki_windows: int) -> dict:
+    stages = ([first] if first else []) + evaluations(wiki_windows)
+    data = {"version": 1, "input": str(BASE), "output_dir": str(out / name), "stages": stages}
+    registry = Registry.default()
+    result = run_pipeline(validate_pipeline_data(data, {}, REPO / "benchmarks" / f"{name}.yaml", registry),
+                          registry, progress=True)
+    final = result.final
+    row = {"name": name, "perplexity": final.manifest.metrics.get("perplexity", {}),
+           "zero_fraction": final.manifest.sparsity.zero_fraction, "verify_ok": verify_artifact(final).ok}
+    if first:
+        row["lora"] = Artifact.load(result.outcomes[1].path, verify=False).manifest.metrics["lora"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--wiki-windows", type=int, default=128)
+    parser.add_argument("--out-dir", default=str(REPO / "runs" / "bench_lora"))
+    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "lora.json"))
+    args = parser.parse_args()
+    out = Path(args.out_dir)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    rows = [run("before_lora", None, out, args.wiki_windows),
+            run("lora_keep", lora_stage("keep", args.steps), out, args.wiki_windows),
+            run("lora_requantize", lora_stage("requantize", args.steps), out, args.wiki_windows)]
+    Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "base": str(BASE.relative_to(REPO)),
+                                           "steps": args.steps, "rows": rows}, indent=2) + "\n")
+    for r in rows:
+        print(f"| {r['name']} | " + " | ".join(f"{k}={v:.2f}" for k, v in sorted(r["perplexity"].items()))
+              + f" | {r['zero_fraction']:.4f} | {r['verify_ok']} | {r.get('lora', {}).get('seconds', '')} |")
+
+
+if __name__ == "__main__":
+    main()
