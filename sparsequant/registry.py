@@ -23,6 +23,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "cast": "sparsequant.stages.cast:CastStage",
     "gptq": "sparsequant.stages.gptq:GPTQStage",
     "lora": "sparsequant.stages.lora:LoraStage",
+    "export_onnx": "sparsequant.stages.export_onnx:ExportOnnxStage",
 }
 BUILTIN_SUMMARIES: dict[str, str] = {
     "import": "load a transformers directory, a .gguf file or a built-in model into an artifact",
@@ -31,6 +32,7 @@ BUILTIN_SUMMARIES: dict[str, str] = {
     "cast": "CAST sparsity-aware N:M training (AdamS, moving masks, scales, KD); or masked_kd, sr_ste",
     "gptq": "GPTQ 2/3/4/8-bit quantization that keeps the N:M mask exact",
     "lora": "masked LoRA fine-tuning; the merge keeps N:M and re-quantizes onto the grid",
+    "export_onnx": "ONNX decoder with KV cache (fp32, or int4/int8 DequantizeLinear weights), checked in ORT",
 }
 
 

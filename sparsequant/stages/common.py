@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparsequant.artifact import Artifact, ArtifactWriter, count_parameters
 from sparsequant.errors import StageError
+from sparsequant.fsutil import link_or_copy
 from sparsequant.manifest import SparsityInfo, StageRecord
 from sparsequant.sparsity.report import divisibility_problems, nm_failures, zero_fractions
 from sparsequant.sparsity.targets import select_linears
@@ -50,7 +50,7 @@ def verified_sparsity(stage: str, targets: dict[str, nn.Linear], spec: SparsityS
 
 def _copy_into(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)  # names like "adapter/adapter_model.safetensors"
-    shutil.copyfile(source, target)
+    link_or_copy(source, target)  # sources are in the stage's work dir, beside the artifact: a hard link
 
 
 def reverified_sparsity(stage: str, parent: Artifact, model) -> SparsityInfo | None:

@@ -1,0 +1,104 @@
+"""Pure functions over an exported ONNX graph: find the Linear weights, check N:M, quantize them.
+
+The dynamo exporter stores each Linear weight W (out, in) as a MatMul initializer Wᵀ (in, out) with
+a generated name (``val_263``), so initializers are matched to model layers by their bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from sparsequant.sparsity.masks import NMPattern, count_nm_violations
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def matmul_initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """{initializer name: tensor} of every 2-D initializer consumed by a MatMul as its right operand."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in initializers and len(initializers[node.input[1]].dims) == 2:
+            found[node.input[1]] = initializers[node.input[1]]
+    return found
+
+
+def match_layers(model: onnx.ModelProto, weights: dict[str, torch.Tensor]) -> dict[str, str]:
+    """{layer name: MatMul initializer name} for layers whose (out, in) weight appears as Wᵀ in the graph."""
+    by_digest = {_digest(w.detach().to(torch.float32).T.contiguous().numpy()): name for name, w in weights.items()}
+    matched = {}
+    for init_name, tensor in matmul_initializers(model).items():
+        layer = by_digest.get(_digest(numpy_helper.to_array(tensor)))
+        if layer is not None:
+            matched[layer] = init_name
+    return matched
+
+
+@dataclass
+class NMReport:
+    """N:M check of the graph's MatMul weights that hold a sparse target layer."""
+
+    pattern: str
+    layers_expected: int
+    layers_found: int
+    violations: dict[str, int]
+    zero_fraction: float
+
+    @property
+    def ok(self) -> bool:
+        return self.layers_found == self.layers_expected and not any(self.violations.values())
+
+
+def nm_report(model: onnx.ModelProto, matched: dict[str, str], pattern: NMPattern, expected: int,
+              dequantized: dict[str, np.ndarray] | None = None) -> NMReport:
+    """Count N:M violations along the input dim of each matched initializer (stored (in, out))."""
+    tensors = {init.name: init for init in model.graph.initializer}
+    violations, zeros, total = {}, 0, 0
+    for layer, init_name in matched.items():
+        array = dequantized[layer] if dequantized and layer in dequantized else numpy_helper.to_array(tensors[init_name])
+        weight = torch.from_numpy(np.ascontiguousarray(array.T).astype(np.float32))  # (out, in)
+        violations[layer] = count_nm_violations(weight, pattern)
+        zeros += int((weight == 0).sum())
+        total += weight.numel()
+    return NMReport(str(pattern), expected, len(matched), violations, zeros / max(total, 1))
+
+
+def replace_with_dequantize(model: onnx.ModelProto, init_name: str, codes: np.ndarray, scale: np.ndarray,
+                            zero: np.ndarray, bits: int, block_size: int | None) -> None:
+    """Swap a float MatMul initializer (in, out) for integer codes + DequantizeLinear (opset 21).
+
+    Args:
+        codes: (in, out) integer codes in [0, 2^bits − 1].
+        scale: (in / block, out) fp32 — or (out,) for one scale per output channel (block_size None).
+        zero: zero points with the shape of `scale`.
+        bits: 4 (UINT4) or 8 (UINT8).
+        block_size: rows of `codes` per scale (blocked quantization along axis 0), or None.
+    """
+    dtype = {4: ml_dtypes.uint4, 8: np.uint8}[bits]  # numpy_helper packs uint4 two per byte
+    graph = model.graph
+    index = next(i for i, init in enumerate(graph.initializer) if init.name == init_name)
+    del graph.initializer[index]
+    names = [f"{init_name}_q", f"{init_name}_scale", f"{init_name}_zero"]
+    graph.initializer.extend([
+        numpy_helper.from_array(codes.astype(dtype), names[0]),
+        numpy_helper.from_array(scale.astype(np.float32), names[1]),
+        numpy_helper.from_array(zero.astype(dtype), names[2]),
+    ])
+    attrs = {"axis": 0, "block_size": block_size} if block_size else {"axis": 1}
+    graph.node.insert(0, helper.make_node("DequantizeLinear", names, [init_name], name=f"{init_name}_dq", **attrs))
+
+
+def set_opset(model: onnx.ModelProto, version: int) -> None:
+    """Raise the default-domain opset (DequantizeLinear with blocks and UINT4 needs 21)."""
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < version:
+            opset.version = version

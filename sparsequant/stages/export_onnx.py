@@ -1,0 +1,149 @@
+"""`export_onnx` stage: one ONNX decoder graph with KV cache, checked in ONNX Runtime against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from sparsequant.errors import StageError
+from sparsequant.stage import StageConfig, StageContext
+from sparsequant.stages.common import peak_rss_mb, write_model_artifact
+
+EXPORT_DIR = "exports"
+SPARSE_KERNEL_NOTE = ("TensorRT uses 2:4 sparse kernels for fp16/bf16 and for int8 GEMMs with int8 inputs and "
+                      "outputs; int4 weight-only GEMMs get no sparse kernels, so this int4 export saves memory but "
+                      "will not run faster from its 2:4 sparsity")
+
+
+class ExportOnnxConfig(StageConfig):
+    weights: Literal["auto", "float32", "int8", "int4"] = "auto"  # auto: the gptq grid if quantized, else float32
+    tolerance: float = Field(1e-3, gt=0)  # max |Δlogits| vs PyTorch of the graph (prefill and decode)
+    # ... and with ORT's fused kernels, which for int4 run MatMulNBits at lower internal precision
+    fused_tolerance: float = Field(2e-2, gt=0)
+    greedy_tokens: int = Field(16, ge=0)
+    prompt: str = "The most important property of a sparse matrix is"
+    require_greedy_match: bool = True
+
+
+class ExportOnnxStage:
+    """Export the model to `exports/model.onnx` (+ `.data`), verify it in ONNX Runtime, report N:M.
+
+    Example YAML:  - stage: export_onnx
+                     config: {weights: auto, tolerance: 1.0e-3}
+    Reads: the model (an unmerged adapter is merged for export), `sparsity`, `quantization` grids.
+    Writes: the parent's model files unchanged, exports/{model.onnx, model.onnx.data, onnx_report.json},
+    metrics.export_onnx. Fails when |Δlogits| exceeds the tolerance or greedy tokens differ.
+    """
+
+    name: ClassVar[str] = "export_onnx"
+    summary: ClassVar[str] = "ONNX decoder with KV cache (fp32, or int4/int8 DequantizeLinear weights), checked in ORT"
+    Config = ExportOnnxConfig
+    requires: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset({"onnx"})
+
+    def __init__(self, config: ExportOnnxConfig):
+        self.config = config
+
+    def _weights_mode(self, artifact) -> str:
+        q = artifact.manifest.quantization
+        mode = self.config.weights
+        if mode == "auto":
+            return "float32" if q is None else ("int4" if q["bits"] <= 4 else "int8")
+        if mode != "float32":
+            if q is None:
+                raise StageError(self.name, f"weights: {mode} needs a quantized input (run gptq first) or use float32")
+            if (mode == "int4") != (q["bits"] <= 4):
+                raise StageError(self.name, f"weights: {mode} does not match the {q['bits']}-bit grid; use weights: auto")
+        if mode != "float32" and artifact.adapter_dir is not None:
+            raise StageError(self.name, "an unmerged adapter moves weights off the grid; use lora merge: requantize")
+        return mode
+
+    def run(self, artifact, ctx: StageContext):
+        from sparsequant.export.onnx_export import export_decoder
+
+        started, cfg = time.time(), self.config
+        mode = self._weights_mode(artifact)
+        model, tokenizer = artifact.load_model("cpu", trust_remote_code=ctx.trust_remote_code)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()  # masked adapter: the merge is exact N:M
+        out = ctx.work_dir / EXPORT_DIR
+        path = out / "model.onnx"
+        export_decoder(model, tokenizer, path, self.name)
+        graph_report = self._finish_graph(artifact, model, path, mode)
+        report = {"weights": mode, **graph_report, **self._check(model, tokenizer, path)}
+        report |= {"onnx_bytes": sum(f.stat().st_size for f in out.glob("model.onnx*")),
+                   "seconds": round(time.time() - started, 1), "peak_rss_mb": peak_rss_mb()}
+        (out / "onnx_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        self._enforce(report)
+        warnings = [SPARSE_KERNEL_NOTE] if mode == "int4" and artifact.manifest.sparsity else []
+        for warning in warnings:
+            ctx.log.warning(warning)
+        files = {f"{EXPORT_DIR}/{f.name}": f for f in sorted(out.iterdir())}
+        summary = {k: v for k, v in report.items() if k not in ("greedy",)}
+        return write_model_artifact(self.name, cfg, ctx, started, artifact, model, tokenizer, reuse_parent_files=True,
+                                    extra_files=files, metrics={"export_onnx": summary}, warnings=warnings)
+
+    def _finish_graph(self, artifact, model, path, mode: str) -> dict[str, Any]:
+        """Swap in integer weights if asked, then count N:M in the graph's MatMul weights."""
+        from sparsequant.export.onnx_export import load_graph, save_graph
+        from sparsequant.export.onnx_graph import match_layers, nm_report
+        from sparsequant.sparsity.masks import parse_pattern
+
+        graph = load_graph(path)
+        modules = dict(model.named_modules())
+        names = set(artifact.manifest.sparsity.targets if artifact.manifest.sparsity else [])
+        grids = {}
+        if mode != "float32":
+            from sparsequant.export.quantized import quantize_graph
+            from sparsequant.quant.storage import load_grids
+
+            grids, spec, group_size = load_grids(artifact.path / artifact.manifest.quantization["file"])
+            names |= set(grids)
+        weights = {n: modules[n].weight.detach() for n in names}
+        matched = match_layers(graph, weights)
+        dequantized = {}
+        if mode != "float32":
+            dequantized = quantize_graph(graph, matched, weights, grids, spec, group_size)
+            save_graph(graph, path)
+        out: dict[str, Any] = {"matmul_weights_matched": len(matched), "quantized_matmuls": len(dequantized)}
+        info = artifact.manifest.sparsity
+        if info is not None:
+            sparse = {n: matched[n] for n in info.targets if n in matched}
+            nm = nm_report(graph, sparse, parse_pattern(info.pattern), len(info.targets), dequantized)
+            out["nm"] = {"pattern": nm.pattern, "layers_expected": nm.layers_expected, "layers_found": nm.layers_found,
+                         "violating_layers": sorted(k for k, v in nm.violations.items() if v),
+                         "zero_fraction": nm.zero_fraction, "ok": nm.ok}
+        return out
+
+    def _check(self, model, tokenizer, path) -> dict[str, Any]:
+        from sparsequant.export.onnx_check import greedy_comparison, logits_deltas
+        from sparsequant.export.ort_decoder import OrtDecoder
+
+        exact = logits_deltas(model, tokenizer, OrtDecoder(path, fuse=False))
+        decoder = OrtDecoder(path)  # what a deployment runs: all of ORT's fusions
+        fused = logits_deltas(model, tokenizer, decoder)
+        report: dict[str, Any] = exact | {f"fused_{k}": v for k, v in fused.items()}
+        if self.config.greedy_tokens:
+            greedy = greedy_comparison(model, tokenizer, decoder, self.config.prompt, self.config.greedy_tokens)
+            report |= {"greedy_match": greedy["greedy_match"], "greedy": greedy}
+        return report
+
+    def _enforce(self, report: dict[str, Any]) -> None:
+        worst = max(report["prefill_max_abs_diff"], report["decode_max_abs_diff"])
+        fused = max(report["fused_prefill_max_abs_diff"], report["fused_decode_max_abs_diff"])
+        problems = []
+        if worst > self.config.tolerance:
+            problems.append(f"max |Δlogits| {worst:.3g} vs PyTorch exceeds tolerance {self.config.tolerance:g}")
+        if fused > self.config.fused_tolerance:
+            problems.append(f"with ORT's fused kernels max |Δlogits| {fused:.3g} exceeds fused_tolerance "
+                            f"{self.config.fused_tolerance:g}")
+        if self.config.require_greedy_match and report.get("greedy_match") is False:
+            problems.append("greedy tokens from ONNX Runtime differ from model.generate")
+        if "nm" in report and not report["nm"]["ok"]:
+            problems.append(f"the graph's weights are not {report['nm']['pattern']}: {report['nm']}")
+        if problems:
+            raise StageError(self.name, "; ".join(problems) + ". The report is in the stage's work directory "
+                             "(exports/onnx_report.json); raise `tolerance` only if the difference is expected")
