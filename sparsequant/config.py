@@ -206,7 +206,8 @@ def validate_pipeline_data(data: dict[str, Any], lines: dict[Loc, int], path: Pa
         missing = set(cls.requires) - facts
         if missing:
             problems.append(Problem((*loc, "stage"), f"stage {stage_spec.stage!r} needs {sorted(missing)} on its "
-                                    "input, which no earlier stage provides (add e.g. a 'prune' or 'cast' stage before it)",
+                                    "input, which no earlier stage provides (add the stage that makes it before this one, e.g. "
+                                    "'prune' for sparsity, 'gptq' for quantization, 'export_onnx' for onnx)",
                                     _line_for(lines, (*loc, "stage"))))
         facts |= set(cls.provides)
     if problems:

@@ -74,7 +74,8 @@ class Manifest(_Section):
 
     def facts(self) -> set[str]:
         """Names of the optional sections present (what later stages may `require`)."""
-        return {k for k in ("sparsity", "quantization") if getattr(self, k) is not None}
+        facts = {k for k in ("sparsity", "quantization") if getattr(self, k) is not None}
+        return facts | ({"onnx"} if "exports/model.onnx" in self.model.files else set())
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"

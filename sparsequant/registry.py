@@ -24,6 +24,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "gptq": "sparsequant.stages.gptq:GPTQStage",
     "lora": "sparsequant.stages.lora:LoraStage",
     "export_onnx": "sparsequant.stages.export_onnx:ExportOnnxStage",
+    "export_trt": "sparsequant.stages.export_trt:ExportTrtStage",
 }
 BUILTIN_SUMMARIES: dict[str, str] = {
     "import": "load a transformers directory, a .gguf file or a built-in model into an artifact",
@@ -33,6 +34,7 @@ BUILTIN_SUMMARIES: dict[str, str] = {
     "gptq": "GPTQ 2/3/4/8-bit quantization that keeps the N:M mask exact",
     "lora": "masked LoRA fine-tuning; the merge keeps N:M and re-quantizes onto the grid",
     "export_onnx": "ONNX decoder with KV cache (fp32, or int4/int8 DequantizeLinear weights), checked in ORT",
+    "export_trt": "TensorRT engine with 2:4 sparse weights from the ONNX export (needs an NVIDIA GPU)",
 }
 
 

@@ -101,7 +101,10 @@ def write_model_artifact(
         for file_name, source in (extra_files or {}).items():
             writer.write_extra(file_name, lambda target, source=source: _copy_into(source, target))
         entry = {"stage": name, "config_sha256": ctx.config_sha256, **(lineage or {})}
-        return writer.commit(stage_record(name, config, ctx, started), model_info(model), parent, entry,
+        # Stages that never load the model (export_trt) describe it as their parent did.
+        info = model_info(model) if model is not None else \
+            parent.manifest.model.model_dump(include={"architecture", "dtype", "num_parameters"})
+        return writer.commit(stage_record(name, config, ctx, started), info, parent, entry,
                              ctx.device, inherit_metrics=reuse_parent_files, **sections)
     except BaseException:
         writer.abort()
