@@ -112,7 +112,7 @@ def obs_sweep_(
         raise ValueError(f"block_size {block_size} must be a multiple of M={pattern.m}")
     rows, cols = weight.shape
     keep = torch.ones_like(weight, dtype=torch.bool) if mask is None else mask.clone().bool()
-    loss = torch.zeros((), dtype=torch.float64)
+    loss = torch.zeros((), dtype=torch.float32, device=weight.device)  # summed on device: no sync per column
     for start in range(0, cols, block_size):
         end = min(start + block_size, cols)
         block = weight[:, start:end].clone()  # (O, B) updated in the inner loop
@@ -128,7 +128,7 @@ def obs_sweep_(
             q = q * keep[:, col]
             d = u_block[j, j]
             err = (w - q) / d
-            loss += float((err.pow(2)).sum()) / 2
+            loss += err.pow(2).sum() / 2
             block[:, j:] -= err.unsqueeze(1) * u_block[j, j:].unsqueeze(0)
             block[:, j] = q
             errors[:, j] = err
