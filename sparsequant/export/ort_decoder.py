@@ -25,12 +25,18 @@ def position_ids_for(attention_mask: np.ndarray, past: int = 0) -> np.ndarray:
 class OrtDecoder:
     """A CPU InferenceSession over the exported decoder, with a greedy generation loop."""
 
-    def __init__(self, path: Path, threads: int | None = None, fuse: bool = True) -> None:
+    def __init__(self, path: Path, threads: int | None = None, fuse: bool = True,
+                 int4_accuracy_level: int | None = None) -> None:
+        """`fuse=False` keeps the graph's maths exact (no DequantizeLinear + MatMul -> 4-bit MatMulNBits
+        fusion). `int4_accuracy_level` sets what fused MatMulNBits compute in: ORT's default 4 quantizes
+        activations to int8 (fast; on SmolLM2 max |Δlogits| ≈ 1.5), 1 keeps them fp32 (≈ 6e-5)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        if not fuse:  # no kernel fusion (e.g. DequantizeLinear + MatMul -> 4-bit MatMulNBits): exact graph maths
+        if not fuse:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        if int4_accuracy_level is not None:
+            options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(int4_accuracy_level))
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -20,9 +20,9 @@ SPARSE_KERNEL_NOTE = ("TensorRT uses 2:4 sparse kernels for fp16/bf16 and for in
 
 class ExportOnnxConfig(StageConfig):
     weights: Literal["auto", "float32", "int8", "int4"] = "auto"  # auto: the gptq grid if quantized, else float32
-    tolerance: float = Field(1e-3, gt=0)  # max |Δlogits| vs PyTorch of the graph (prefill and decode)
-    # ... and with ORT's fused kernels, which for int4 run MatMulNBits at lower internal precision
-    fused_tolerance: float = Field(2e-2, gt=0)
+    # max |Δlogits| vs PyTorch (prefill and decode), for the exact graph and for ORT's fused kernels with
+    # fp32 activations; ORT's default int4 kernels (int8 activations) are measured and reported, not enforced
+    tolerance: float = Field(1e-3, gt=0)
     greedy_tokens: int = Field(16, ge=0)
     prompt: str = "The most important property of a sparse matrix is"
     require_greedy_match: bool = True
@@ -123,9 +123,11 @@ class ExportOnnxStage:
         from sparsequant.export.ort_decoder import OrtDecoder
 
         exact = logits_deltas(model, tokenizer, OrtDecoder(path, fuse=False))
-        decoder = OrtDecoder(path)  # what a deployment runs: all of ORT's fusions
+        decoder = OrtDecoder(path, int4_accuracy_level=1)  # all fusions, fp32 activations
         fused = logits_deltas(model, tokenizer, decoder)
-        report: dict[str, Any] = exact | {f"fused_{k}": v for k, v in fused.items()}
+        default = logits_deltas(model, tokenizer, OrtDecoder(path))  # ORT as shipped: int4 kernels, int8 activations
+        report: dict[str, Any] = exact | {f"fused_{k}": v for k, v in fused.items()} \
+            | {f"ort_default_{k}": v for k, v in default.items()}
         if self.config.greedy_tokens:
             greedy = greedy_comparison(model, tokenizer, decoder, self.config.prompt, self.config.greedy_tokens)
             report |= {"greedy_match": greedy["greedy_match"], "greedy": greedy}
@@ -137,9 +139,9 @@ class ExportOnnxStage:
         problems = []
         if worst > self.config.tolerance:
             problems.append(f"max |Δlogits| {worst:.3g} vs PyTorch exceeds tolerance {self.config.tolerance:g}")
-        if fused > self.config.fused_tolerance:
-            problems.append(f"with ORT's fused kernels max |Δlogits| {fused:.3g} exceeds fused_tolerance "
-                            f"{self.config.fused_tolerance:g}")
+        if fused > self.config.tolerance:
+            problems.append(f"with ORT's fused kernels (fp32 activations) max |Δlogits| {fused:.3g} exceeds "
+                            f"tolerance {self.config.tolerance:g}")
         if self.config.require_greedy_match and report.get("greedy_match") is False:
             problems.append("greedy tokens from ONNX Runtime differ from model.generate")
         if "nm" in report and not report["nm"]["ok"]:
