@@ -29,7 +29,7 @@ class LoraDistill(StrictModel):
         return self
 
 
-class LoraConfig(StageConfig):
+class LoraStageConfig(StageConfig):
     rank: int = Field(16, ge=1)
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
@@ -85,11 +85,11 @@ class LoraStage:
 
     name: ClassVar[str] = "lora"
     summary: ClassVar[str] = "masked LoRA fine-tuning; the merge keeps N:M and re-quantizes onto the grid"
-    Config = LoraConfig
+    Config = LoraStageConfig
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, config: LoraConfig):
+    def __init__(self, config: LoraStageConfig):
         self.config = config
 
     def _merge_mode(self, artifact) -> str:
