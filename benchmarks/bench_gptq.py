@@ -47,6 +47,9 @@ def llmcompressor_quantized(source: str, scheme: dict, target: Path) -> float:
     model, tokenizer = load_source(kind, path, None, False)
     fresh_dir = target.with_name(target.name + "_base")
     model.save_pretrained(fresh_dir)
+    tokenizer.save_pretrained(fresh_dir)
+    # oneshot() re-reads the config from the model's source path, so it needs a directory, not a GGUF
+    model = AutoModelForCausalLM.from_pretrained(fresh_dir)
     tokens = calibration_tokens(CalibrationConfig(**CALIBRATION), tokenizer, REPO, seed=0)
     dataset = Dataset.from_dict({"input_ids": tokens.tolist(), "attention_mask": [[1] * tokens.shape[1]] * len(tokens)})
     strategy = {"strategy": "group", "group_size": scheme["group_size"]} if scheme["group_size"] else {"strategy": "channel"}
@@ -88,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--wiki-windows", type=int, default=128)
     parser.add_argument("--only")
+    parser.add_argument("--runs", nargs="*", help="subset of BASE:SCHEME:TOOL names (default: all 8)")
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "bench_gptq"))
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "gptq.json"))
     args = parser.parse_args()
@@ -103,6 +107,8 @@ def main() -> None:
         for scheme in SCHEMES:
             for tool in ("ours", "llmcompressor"):
                 name = f"{base}:{scheme}:{tool}"
+                if args.runs and name not in args.runs:
+                    continue
                 if not (out / f"{name.replace(':', '_')}.row.json").exists():
                     subprocess.run([sys.executable, __file__, "--only", name, "--wiki-windows",
                                     str(args.wiki_windows), "--out-dir", str(out)], check=True)

@@ -31,7 +31,7 @@ BASE = REPO / "runs/bench_gptq/sparsegpt24_w4g64_ours/01_gptq"
 def lora_stage(merge: str, steps: int) -> dict:
     return {"stage": "lora", "config": {"rank": 16, "alpha": 32, "steps": steps, "batch_size": 4, "lr": 2.0e-4,
                                         "data": {"source": "builtin", "block_size": 256}, "merge": merge,
-                                        "checkpoint_interval": 16,
+                                        "checkpoint_interval": 8,
                                         "requantize_calibration": {"data": {"source": "builtin", "block_size": 512},
                                                                    "num_samples": 64}}}
 
