@@ -47,7 +47,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link `src` to `dst` (no extra disk for unchanged weights), copying across filesystems."""
+    """Hard-link `src` to `dst` (no extra disk for unchanged weights), copying across filesystems.
+
+    ONNX files are always copied: `onnx.load` refuses external data with more than one hard link
+    (its guard against hard-link attacks), so a linked `model.onnx.data` could not be loaded.
+    """
+    if ".onnx" in src.name:
+        shutil.copy2(src, dst)
+        return
     try:
         os.link(src, dst)
     except OSError:
