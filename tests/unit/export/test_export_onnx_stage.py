@@ -58,3 +58,9 @@ def test_int8_per_channel_export(tmp_path, text_file):
 def test_mismatched_weight_format_is_a_clear_error(tmp_path, text_file):
     with pytest.raises(SparsequantError, match="needs a quantized input"):
         run(tmp_path, PRUNE + "  - stage: export_onnx\n    config: {weights: int4}\n", "a")
+
+
+def test_fp16_export_keeps_2_4_and_matches_within_fp16_precision(tmp_path, text_file):
+    report = report_of(run(tmp_path, PRUNE + "  - stage: export_onnx\n    config: {weights: float16}\n").final)
+    assert report["weights"] == "float16" and report["nm"]["ok"] and report["nm"]["zero_fraction"] == 0.5
+    assert 0 < report["prefill_max_abs_diff"] < 0.25 and report["greedy_match"]
