@@ -46,7 +46,10 @@ def load_graph(path: Path) -> onnx.ModelProto:
 
 
 def save_graph(model: onnx.ModelProto, path: Path) -> None:
-    """Save with weights in `path`.data (ONNX protobufs are limited to 2 GB)."""
+    """Save with weights in `path`.data (ONNX protobufs are limited to 2 GB).
+
+    onnx.save turns `model`'s tensors into references to that file: load the graph again to read them.
+    """
     data = path.with_name(path.name + ".data")
     if data.exists():
         data.unlink()

@@ -2,30 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from sparsequant.data.sources import DataConfig
 from sparsequant.errors import StageError
+from sparsequant.oneshot.calibration import CalibrationConfig
 from sparsequant.stage import StageConfig, StageContext
 from sparsequant.stages.common import peak_rss_mb, write_model_artifact
 
 EXPORT_DIR = "exports"
 SPARSE_KERNEL_NOTE = ("TensorRT uses 2:4 sparse kernels for fp16/bf16 and for int8 GEMMs with int8 inputs and "
-                      "outputs; int4 weight-only GEMMs get no sparse kernels, so this int4 export saves memory but "
-                      "will not run faster from its 2:4 sparsity")
+                      "outputs (weights: w8a8); weight-only int4/int8 GEMMs get no sparse kernels, so this export "
+                      "saves memory but will not run faster from its 2:4 sparsity")
 
 
 class ExportOnnxConfig(StageConfig):
-    weights: Literal["auto", "float32", "float16", "int8", "int4"] = "auto"  # auto: the gptq grid if quantized, else float32
+    # auto: the gptq grid (int4/int8 weight-only) if quantized, else float32; w8a8: int8 weights and
+    # activations with Q/DQ around every target GEMM (TensorRT's sparse int8 path), from a float model
+    weights: Literal["auto", "float32", "float16", "int8", "int4", "w8a8"] = "auto"
     # max |Δlogits| vs PyTorch (prefill and decode), for the exact graph and for ORT's fused kernels with
     # fp32 activations; ORT's default int4 kernels (int8 activations) are measured and reported, not enforced
     tolerance: float | None = Field(None, gt=0)  # None: 1e-3, or 0.25 for float16 (logits of ~±30 in fp16)
     greedy_tokens: int = Field(16, ge=0)
     prompt: str = "The most important property of a sparse matrix is"
     require_greedy_match: bool = True
+    calibration: CalibrationConfig = CalibrationConfig(data=DataConfig(block_size=128), num_samples=16)  # w8a8 only
 
 
 class ExportOnnxStage:
@@ -52,10 +58,10 @@ class ExportOnnxStage:
         mode = self.config.weights
         if mode == "auto":
             return "float32" if q is None else ("int4" if q["bits"] <= 4 else "int8")
-        if mode == "float16" and q is not None:
-            raise StageError(self.name, "weights: float16 is for unquantized models; a gptq artifact exports as "
-                             "int4/int8 (weights: auto)")
-        if mode not in ("float32", "float16"):
+        if mode in ("float16", "w8a8") and q is not None:
+            raise StageError(self.name, f"weights: {mode} is for unquantized models; a gptq artifact exports as "
+                             "int4/int8 weight-only (weights: auto)")
+        if mode in ("int4", "int8"):
             if q is None:
                 raise StageError(self.name, f"weights: {mode} needs a quantized input (run gptq first) or use float32")
             if (mode == "int4") != (q["bits"] <= 4):
@@ -75,13 +81,14 @@ class ExportOnnxStage:
         out = ctx.work_dir / EXPORT_DIR
         path = out / "model.onnx"
         export_decoder(model, tokenizer, path, self.name)
-        graph_report = self._finish_graph(artifact, model, path, mode)
-        report = {"weights": mode, **graph_report, **self._check(model, tokenizer, path)}
+        graph_report, fake_quant = self._finish_graph(artifact, model, tokenizer, path, mode, ctx)
+        with fake_quant(model):  # W8A8: compare with the same arithmetic in PyTorch
+            report = {"weights": mode, **graph_report, **self._check(model, tokenizer, path)}
         report |= {"onnx_bytes": sum(f.stat().st_size for f in out.glob("model.onnx*")),
                    "seconds": round(time.time() - started, 1), "peak_rss_mb": peak_rss_mb()}
         (out / "onnx_report.json").write_text(json.dumps(report, indent=2) + "\n")
         self._enforce(report)
-        warnings = [SPARSE_KERNEL_NOTE] if mode == "int4" and artifact.manifest.sparsity else []
+        warnings = [SPARSE_KERNEL_NOTE] if mode in ("int4", "int8") and artifact.manifest.sparsity else []
         for warning in warnings:
             ctx.log.warning(warning)
         files = {f"{EXPORT_DIR}/{f.name}": f for f in sorted(out.iterdir())}
@@ -89,8 +96,12 @@ class ExportOnnxStage:
         return write_model_artifact(self.name, cfg, ctx, started, artifact, model, tokenizer, reuse_parent_files=True,
                                     extra_files=files, metrics={"export_onnx": summary}, warnings=warnings)
 
-    def _finish_graph(self, artifact, model, path, mode: str) -> dict[str, Any]:
-        """Swap in integer weights if asked, then count N:M in the graph's MatMul weights."""
+    def _finish_graph(self, artifact, model, tokenizer, path, mode: str, ctx: StageContext):
+        """Swap in integer weights if asked, then count N:M in the graph's MatMul weights.
+
+        Returns (report, reference) where `reference(model)` is a context in which PyTorch computes what
+        the graph computes (a no-op except for W8A8).
+        """
         from sparsequant.export.onnx_export import load_graph, save_graph
         from sparsequant.export.onnx_graph import match_layers, nm_report
         from sparsequant.sparsity.masks import parse_pattern
@@ -111,12 +122,15 @@ class ExportOnnxStage:
         if mode in ("int4", "int8"):
             dequantized = quantize_graph(graph, matched, weights, grids, spec, group_size)
             save_graph(graph, path)
+            graph = load_graph(path)
         elif mode == "float16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
             # ORT's converter (a maintained library): weights, activations and the KV cache in fp16; zeros stay 0.
             save_graph(convert_float_to_float16(graph, keep_io_types=False, disable_shape_infer=True), path)
             graph = load_graph(path)
+        elif mode == "w8a8":
+            graph, reference, dequantized = self._w8a8(graph, matched, tokenizer, path, ctx)
         out: dict[str, Any] = {"matmul_weights_matched": len(matched), "quantized_matmuls": len(dequantized)}
         info = artifact.manifest.sparsity
         if info is not None:
@@ -125,7 +139,25 @@ class ExportOnnxStage:
             out["nm"] = {"pattern": nm.pattern, "layers_expected": nm.layers_expected, "layers_found": nm.layers_found,
                          "violating_layers": sorted(k for k, v in nm.violations.items() if v),
                          "zero_fraction": nm.zero_fraction, "ok": nm.ok}
-        return out
+        return out, (reference if mode == "w8a8" else lambda _model: contextlib.nullcontext())
+
+    def _w8a8(self, graph, matched, tokenizer, path, ctx: StageContext):
+        """Quantize the target MatMuls with ORT's static QDQ quantizer; returns (graph, reference, weights)."""
+        from sparsequant.export.onnx_export import load_graph, save_graph
+        from sparsequant.export.ort_decoder import OrtDecoder
+        from sparsequant.export.w8a8 import calibration_feeds, fake_quant_w8a8, matmul_nodes_of, quantize_w8a8, read_qdq
+        from sparsequant.oneshot.calibration import calibration_tokens
+
+        nodes = matmul_nodes_of(graph, matched)
+        tokens = calibration_tokens(self.config.calibration, tokenizer, ctx.base_dir, ctx.seed)
+        staging = path.with_name("w8a8_staging.onnx")
+        quantize_w8a8(path, staging, sorted(nodes.values()), calibration_feeds(OrtDecoder(path), tokens))
+        save_graph(load_graph(staging), path)  # back under the standard name, weights in model.onnx.data
+        for leftover in path.parent.glob("w8a8_staging*"):
+            leftover.unlink()
+        graph = load_graph(path)
+        layers = read_qdq(graph, nodes)
+        return graph, (lambda model: fake_quant_w8a8(model, layers)), {n: q.weight for n, q in layers.items()}
 
     def _check(self, model, tokenizer, path) -> dict[str, Any]:
         from sparsequant.export.onnx_check import greedy_comparison, logits_deltas
@@ -145,7 +177,7 @@ class ExportOnnxStage:
     def _enforce(self, report: dict[str, Any]) -> None:
         worst = max(report["prefill_max_abs_diff"], report["decode_max_abs_diff"])
         fused = max(report["fused_prefill_max_abs_diff"], report["fused_decode_max_abs_diff"])
-        tolerance = self.config.tolerance or (0.25 if report["weights"] == "float16" else 1e-3)
+        tolerance = self.config.tolerance or {"float16": 0.25, "w8a8": 0.05}.get(report["weights"], 1e-3)
         problems = []
         if worst > tolerance:
             problems.append(f"max |Δlogits| {worst:.3g} vs PyTorch exceeds tolerance {tolerance:g}")

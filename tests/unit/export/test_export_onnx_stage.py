@@ -64,3 +64,27 @@ def test_fp16_export_keeps_2_4_and_matches_within_fp16_precision(tmp_path, text_
     report = report_of(run(tmp_path, PRUNE + "  - stage: export_onnx\n    config: {weights: float16}\n").final)
     assert report["weights"] == "float16" and report["nm"]["ok"] and report["nm"]["zero_fraction"] == 0.5
     assert 0 < report["prefill_max_abs_diff"] < 0.25 and report["greedy_match"]
+
+
+def test_w8a8_export_has_qdq_around_each_target_gemm_and_matches_fake_quant(tmp_path, text_file):
+    from sparsequant.export.onnx_check import logits_deltas
+    from sparsequant.export.ort_decoder import OrtDecoder
+
+    stages = PRUNE + f"  - stage: export_onnx\n    config: {{weights: w8a8, {CAL}}}\n"
+    final = run(tmp_path, stages).final
+    report = report_of(final)
+    assert report["weights"] == "w8a8" and report["quantized_matmuls"] == 14 and report["nm"]["ok"]
+    assert report["prefill_max_abs_diff"] < 1e-4 and report["greedy_match"]  # against PyTorch fake-quant
+    graph = onnx.load(str(final.path / "exports" / "model.onnx"))
+    producer = {o: n.op_type for n in graph.graph.node for o in n.output}
+    consumers = {}
+    for node in graph.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    quantized = [n for n in graph.graph.node if n.op_type == "MatMul" and producer.get(n.input[1]) == "DequantizeLinear"]
+    assert len(quantized) == 14
+    for node in quantized:  # int8 in (both operands dequantized) and int8 out (re-quantized)
+        assert producer[node.input[0]] == "DequantizeLinear" and consumers[node.output[0]] == ["QuantizeLinear"]
+    model, tokenizer = final.load_model()
+    plain = logits_deltas(model, tokenizer, OrtDecoder(final.path / "exports" / "model.onnx"))
+    assert plain["prefill_max_abs_diff"] > 100 * report["prefill_max_abs_diff"]  # the reference did matter
