@@ -68,10 +68,29 @@ def llmcompressor_quantized(source: str, scheme: dict, target: Path) -> float:
     return seconds
 
 
+def _remask(model_dir: Path, sparse_source: str, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparsequant.artifact import Artifact
+
+    base = Artifact.load(sparse_source)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    masks = base.sparsity_masks(base.load_model()[0])
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        modules[name].weight.data.mul_(mask)
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(target)
+
+
 def run_one(name: str, out: Path, wiki_windows: int) -> dict:
     base, scheme_name, tool = name.split(":")
     source, scheme = bases(out)[base], SCHEMES[scheme_name]
-    if tool == "ours":
+    if tool == "llmcompressor_remasked":  # what a user must do to get 2:4 back: zero the pruned entries again
+        target = out / f"{name.replace(':', '_')}_model"
+        _remask(out / f"{base}_{scheme_name}_llmcompressor_model", source, target)
+        row = pipeline_row(name.replace(":", "_"), str(target), None, out, wiki_windows)
+    elif tool == "ours":
         stage = {"stage": "gptq", "config": scheme | {"calibration": CALIBRATION}}
         row = pipeline_row(name.replace(":", "_"), source, stage, out, wiki_windows)
     else:
@@ -105,9 +124,9 @@ def main() -> None:
     rows = []
     for base in ("dense", "sparsegpt24"):
         for scheme in SCHEMES:
-            for tool in ("ours", "llmcompressor"):
+            for tool in ("ours", "llmcompressor", "llmcompressor_remasked"):
                 name = f"{base}:{scheme}:{tool}"
-                if args.runs and name not in args.runs:
+                if (args.runs and name not in args.runs) or (base == "dense" and tool.endswith("remasked")):
                     continue
                 if not (out / f"{name.replace(':', '_')}.row.json").exists():
                     subprocess.run([sys.executable, __file__, "--only", name, "--wiki-windows",
