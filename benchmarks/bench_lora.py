@@ -33,7 +33,7 @@ def lora_stage(merge: str, steps: int) -> dict:
                                         "data": {"source": "builtin", "block_size": 256}, "merge": merge,
                                         "checkpoint_interval": 8,
                                         "requantize_calibration": {"data": {"source": "builtin", "block_size": 512},
-                                                                   "num_samples": 64}}}
+                                                                   "num_samples": 16}}}
 
 
 def run(name: str, first: dict | None, out: Path, wiki_windows: int) -> dict:
