@@ -1,7 +1,9 @@
 """ONNX export size and CPU latency: ONNX Runtime vs PyTorch eager on SmolLM2-135M (issue "Export").
 
-Usage (after bench_baselines.py and bench_gptq.py): .venv/bin/python benchmarks/bench_export.py
-Models: dense, SparseGPT 2:4, SparseGPT 2:4 + GPTQ 4-bit g64 (int4 DequantizeLinear export). Each is
+Usage: .venv/bin/python benchmarks/bench_export.py
+Models: dense, SparseGPT 2:4, SparseGPT 2:4 + GPTQ 4-bit g64 (int4 DequantizeLinear export); the two
+sparse ones are made first by one prune -> gptq pipeline (64 built-in calibration blocks, as in
+bench_baselines.py / bench_gptq.py) unless runs/bench_export/sources already holds them. Each is
 exported by the export_onnx stage (which also checks it), then timed in one process: prefill of one
 512-token sequence (median of 5) and greedy decode of 64 tokens after a 32-token prompt, with ORT
 (all fusions) and with PyTorch eager fp32, both on the machine's 2 threads.
@@ -25,16 +27,27 @@ from sparsequant.export.ort_decoder import OrtDecoder
 from sparsequant.pipeline import run_pipeline
 from sparsequant.registry import Registry
 
-SOURCES = {"dense": "smollm2-135m", "2:4": str(REPO / "runs/bench_baselines/sparsegpt/01_prune"),
-           "2:4+int4": str(REPO / "runs/bench_gptq/sparsegpt24_w4g64_ours/01_gptq")}
+CALIBRATION = {"data": {"source": "builtin", "block_size": 512}, "num_samples": 64}
+
+
+def run(data: dict):
+    registry = Registry.default()
+    return run_pipeline(validate_pipeline_data(data, {}, REPO / "benchmarks" / "export.yaml", registry),
+                        registry, progress=True)
+
+
+def sources(out: Path) -> dict[str, str]:
+    """dense -> SparseGPT 2:4 -> GPTQ W4 g64 (mask kept); the pipeline resumes if its stages are done."""
+    target = out / "sources"
+    run({"version": 1, "input": "smollm2-135m", "output_dir": str(target), "stages": [
+        {"stage": "prune", "config": {"method": "sparsegpt", "calibration": CALIBRATION}},
+        {"stage": "gptq", "config": {"bits": 4, "group_size": 64, "symmetric": False, "calibration": CALIBRATION}}]})
+    return {"dense": "smollm2-135m", "2:4": str(target / "01_prune"), "2:4+int4": str(target / "02_gptq")}
 
 
 def export(name: str, source: str, out: Path):
-    data = {"version": 1, "input": source, "output_dir": str(out / name.replace(":", "").replace("+", "_")),
-            "stages": [{"stage": "export_onnx", "config": {"greedy_tokens": 16}}]}
-    registry = Registry.default()
-    return run_pipeline(validate_pipeline_data(data, {}, REPO / "benchmarks" / "export.yaml", registry),
-                        registry, progress=True).final
+    return run({"version": 1, "input": source, "output_dir": str(out / name.replace(":", "").replace("+", "_")),
+                "stages": [{"stage": "export_onnx", "config": {"greedy_tokens": 16}}]}).final
 
 
 def median_seconds(fn, repeats: int = 5) -> float:
@@ -71,7 +84,7 @@ def main() -> None:
     torch.set_num_threads(2)
     out = REPO / "runs" / "bench_export"
     rows = []
-    for name, source in SOURCES.items():
+    for name, source in sources(out).items():
         artifact = export(name, source, out)
         report = json.loads((artifact.path / "exports" / "onnx_report.json").read_text())
         row = {"name": name, "weights": report["weights"], "onnx_mb": report["onnx_bytes"] / 1e6,
