@@ -4,9 +4,10 @@ Usage: .venv/bin/python benchmarks/bench_export.py
 Models: dense, SparseGPT 2:4, SparseGPT 2:4 + GPTQ 4-bit g64 (int4 DequantizeLinear export); the two
 sparse ones are made first by one prune -> gptq pipeline (64 built-in calibration blocks, as in
 bench_baselines.py / bench_gptq.py) unless runs/bench_export/sources already holds them. Each is
-exported by the export_onnx stage (which also checks it), then timed in one process: prefill of one
-512-token sequence (median of 5) and greedy decode of 64 tokens after a 32-token prompt, with ORT
-(all fusions) and with PyTorch eager fp32, both on the machine's 2 threads.
+exported by the export_onnx stage (which also checks it), then timed in one process by
+sparsequant.eval.latency (what `evaluate: {latency: ...}` runs): prefill of one 512-token prompt and
+greedy decode of 64 tokens after it (median of 3 after a warm-up), with ORT (all fusions) and with
+PyTorch eager fp32, both on the machine's 2 threads.
 Results: benchmarks/results/export.json and markdown rows on stdout.
 """
 
@@ -14,16 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from bench_cast_quality import REPO
 
 from sparsequant.config import validate_pipeline_data
-from sparsequant.export.ort_decoder import OrtDecoder
+from sparsequant.eval.latency import measure_latency
 from sparsequant.pipeline import run_pipeline
 from sparsequant.registry import Registry
 
@@ -50,33 +49,15 @@ def export(name: str, source: str, out: Path):
                 "stages": [{"stage": "export_onnx", "config": {"greedy_tokens": 16}}]}).final
 
 
-def median_seconds(fn, repeats: int = 5) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-@torch.no_grad()
 def timings(artifact) -> dict:
     model, _ = artifact.load_model()
-    decoder = OrtDecoder(artifact.path / "exports" / "model.onnx")
-    ids = torch.randint(100, 10000, (1, 512), generator=torch.Generator().manual_seed(0))
-    mask = np.ones((1, 512), np.int64)
-    prompt = ids[:, :32]
-    decode_tokens = 64
-    ort_prefill = median_seconds(lambda: decoder.run(ids.numpy(), mask, decoder.empty_cache(1)))
-    torch_prefill = median_seconds(lambda: model(input_ids=ids))
-    ort_decode = median_seconds(lambda: decoder.greedy(prompt.numpy(), decode_tokens, None), repeats=3)
-    torch_decode = median_seconds(lambda: model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                                         max_new_tokens=decode_tokens, min_new_tokens=decode_tokens,
-                                                         pad_token_id=0), repeats=3)
-    return {"ort_prefill_512_s": ort_prefill, "torch_prefill_512_s": torch_prefill,
-            "ort_decode_tok_s": decode_tokens / ort_decode, "torch_decode_tok_s": decode_tokens / torch_decode,
-            "prefill_speedup_ort_vs_torch": torch_prefill / ort_prefill, "decode_speedup_ort_vs_torch": torch_decode / ort_decode}
+    lat = measure_latency(model, artifact.path / "exports" / "model.onnx", prompt_tokens=512, decode_tokens=64,
+                          repeats=3, backends=("torch", "onnxruntime"))
+    ort, eager = lat["onnxruntime"], lat["torch"]
+    return {"ort_prefill_512_s": ort["prefill_s"], "torch_prefill_512_s": eager["prefill_s"],
+            "ort_decode_tok_s": ort["decode_tokens_per_s"], "torch_decode_tok_s": eager["decode_tokens_per_s"],
+            "prefill_speedup_ort_vs_torch": eager["prefill_s"] / ort["prefill_s"],
+            "decode_speedup_ort_vs_torch": ort["decode_tokens_per_s"] / eager["decode_tokens_per_s"]}
 
 
 def main() -> None:

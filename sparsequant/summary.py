@@ -67,3 +67,40 @@ def print_manifest(artifact: Artifact, verified=None, console: Console | None = 
                       f"{verified.grid_layers_checked}: {status}")
         for line in verified.failures:
             console.print(f"  [red]{line}[/red]")
+
+
+def print_report(report, console: Console | None = None) -> None:
+    """The report's main columns as a rich table (the full table is in report.md / report.csv)."""
+    from sparsequant.report.render import cell
+
+    console = _console(console)
+    wanted = [c for c in report.columns if c in ("run", "artifact", "recipe", "sparsity", "bits") or
+              c.startswith(("ppl ", "acc ")) or c in ("size packed MB", "torch prefill s", "total s")]
+    table = Table(title="sparsequant report")
+    for column in wanted:
+        table.add_column(escape(column))
+    for row in report.rows:
+        table.add_row(*(escape(cell(row.get(c))) for c in wanted))
+    console.print(table)
+    console.print("wrote " + ", ".join(str(f) for f in report.files))
+
+
+def print_scaling_law(result: dict, console: Console | None = None) -> None:
+    console = _console(console)
+    fit = result["fit"]
+    console.print(f"L(D) = {fit['E']:.4g} + {fit['A']:.4g} · D^(-{fit['alpha']:.4g})   R² = {fit['r2']:.4f} "
+                  f"({fit['points']} points of {result['metric']})")
+    if "holdout" in result:
+        h = result["holdout"]
+        console.print(f"fit on the first {h['fit_points']} points: E={h['fit']['E']:.4g}, A={h['fit']['A']:.4g}, "
+                      f"α={h['fit']['alpha']:.4g}; predicting the {len(h['held_out'])} later points: mean |error| "
+                      f"{h['mean_abs_error_pct']:.2f} %")
+        for p in h["held_out"]:
+            console.print(f"  D={p['tokens']:.4g}: observed {p['observed']:.4g}, predicted {p['predicted']:.4g} "
+                          f"({p['error_pct']:+.2f} %)")
+    if "target" in result:
+        tokens = result["target"]["tokens"]
+        console.print(f"perplexity {result['target']['perplexity']:g} needs "
+                      + (f"{tokens:.4g} tokens" if tokens else "more than any budget (below the fitted floor E)"))
+    if "plot" in result:
+        console.print(f"plot: {result['plot']}")

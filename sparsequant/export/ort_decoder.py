@@ -68,7 +68,7 @@ class OrtDecoder:
         for _ in range(max_new_tokens):
             token = int(np.argmax(logits[0, -1]))
             tokens.append(token)
-            if token == eos_id:
+            if token == eos_id or len(tokens) == max_new_tokens:  # no forward for a token nobody reads
                 break
             mask = np.concatenate([mask, np.ones((1, 1), mask.dtype)], axis=1)
             logits, cache = self.run(np.array([[token]]), mask, cache)

@@ -1,7 +1,8 @@
-"""`evaluate` stage: perplexity of a text file (or the built-in held-out text) into the manifest."""
+"""`evaluate` stage: perplexity, zero-shot accuracy, size and latency into the manifest."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -10,19 +11,38 @@ from pydantic import Field
 
 from sparsequant.artifact import Artifact
 from sparsequant.errors import ConfigError
-from sparsequant.fsutil import resolve_path
 from sparsequant.eval.perplexity import perplexity
+from sparsequant.fsutil import resolve_path
+from sparsequant.schema import StrictModel
 from sparsequant.stage import StageConfig, StageContext
 from sparsequant.stages.common import write_model_artifact
 
 
+class ZeroShotConfig(StrictModel):
+    tasks: list[str] = Field(default_factory=lambda: ["sq_everyday_mc"], min_length=1)  # lm-eval task names
+    include_path: str | None = None  # a folder of local lm-eval task YAMLs (relative to the pipeline YAML)
+    limit: int | None = Field(None, ge=1)  # at most this many questions per task
+    batch_size: int = Field(8, ge=1)
+    num_fewshot: int = Field(0, ge=0)
+
+
+class LatencyConfig(StrictModel):
+    prompt_tokens: int = Field(128, ge=1)
+    decode_tokens: int = Field(32, ge=1)
+    repeats: int = Field(3, ge=1)
+    backends: list[Literal["torch", "onnxruntime"]] = ["torch", "onnxruntime"]  # ORT only if exported
+
+
 class EvaluateConfig(StageConfig):
-    text: str = "builtin"  # a UTF-8 text file (used whole), or "builtin" = the built-in held-out split
+    text: str | None = "builtin"  # a UTF-8 text file (used whole), "builtin" = built-in held-out split, null = skip
     seq_len: int = Field(512, ge=2)
     batch_size: int = Field(4, ge=1)
     max_windows: int | None = Field(None, ge=1)  # None = the whole text
     dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 = autocast; not faster on every CPU (benchmarks §1)
     name: str | None = None  # metric key; default: the file name (or "builtin-heldout")
+    zeroshot: ZeroShotConfig | None = None  # lm-eval multiple-choice accuracy
+    size: bool = True  # bytes on disk (model files, ONNX) and the packed N:M / int size
+    latency: LatencyConfig | None = None  # CPU prefill and decode speed, PyTorch and ONNX Runtime
 
 
 def read_eval_text(text: str, base: Path) -> tuple[str, str]:
@@ -46,15 +66,18 @@ def metric_key(config: EvaluateConfig, label: str) -> str:
 
 
 class EvaluateStage:
-    """Measure perplexity and tokens/s; the model files are passed through unchanged (hard links).
+    """Measure perplexity (and tokens/s), zero-shot accuracy, size and latency; the model files are
+    passed through unchanged (hard links).
 
     Example YAML:  - stage: evaluate
-                     config: {text: ../../shared/data/wikitext-2-raw/wiki.test.raw, seq_len: 512}
-    Reads: the model.  Writes: metrics.perplexity[KEY], metrics.eval[KEY].
+                     config: {text: ../../shared/data/wikitext-2-raw/wiki.test.raw, seq_len: 512,
+                              zeroshot: {tasks: [sq_everyday_mc]}, latency: {prompt_tokens: 128}}
+    Reads: the model (its exports/ for ONNX size and latency).  Writes: metrics.perplexity[KEY],
+    metrics.eval[KEY], metrics.zeroshot[TASK], metrics.size, metrics.latency[BACKEND].
     """
 
     name: ClassVar[str] = "evaluate"
-    summary: ClassVar[str] = "perplexity of a text file (and tokens/s) into the manifest"
+    summary: ClassVar[str] = "perplexity, zero-shot accuracy, size and latency into the manifest"
     Config = EvaluateConfig
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
@@ -63,17 +86,90 @@ class EvaluateStage:
         self.config = config
 
     def run(self, artifact: Artifact, ctx: StageContext) -> Artifact:
-        import torch
-
         started = time.time()
-        label, text = read_eval_text(self.config.text, ctx.base_dir)
+        text = read_eval_text(self.config.text, ctx.base_dir) if self.config.text is not None else None
         model, tokenizer = artifact.load_model(ctx.device, trust_remote_code=ctx.trust_remote_code)
-        autocast = torch.bfloat16 if self.config.dtype == "bfloat16" else None
-        result = perplexity(model, tokenizer, text, self.config.seq_len, self.config.batch_size, autocast,
-                            self.config.max_windows, ctx.progress)
-        key = metric_key(self.config, label)
-        ctx.log.info("perplexity %s = %.3f (%d tokens, %.0f tok/s)", key, result.perplexity, result.tokens,
-                     result.tokens_per_s)
-        metrics = {"perplexity": {key: result.perplexity}, "eval": {key: result.as_dict()}}
+        metrics = evaluate_metrics(self.config, artifact, model, tokenizer, text, ctx.base_dir, ctx.seed,
+                                   ctx.progress, ctx.log)
         return write_model_artifact(self.name, self.config, ctx, started, artifact, model, None, metrics=metrics,
                                     reuse_parent_files=True)
+
+
+def evaluate_metrics(cfg: EvaluateConfig, artifact: Artifact, model, tokenizer, text: tuple[str, str] | None,
+                     base_dir: Path, seed: int, progress: bool, log: logging.Logger) -> dict:
+    """Every measurement `cfg` asks for, as manifest metrics (shared by the stage and `sparsequant eval`)."""
+    metrics: dict = {}
+    if text is not None:
+        metrics |= _perplexity(cfg, model, tokenizer, *text, progress, log)
+    if cfg.zeroshot is not None:
+        from sparsequant.eval.zeroshot import zeroshot_accuracy
+
+        z = cfg.zeroshot
+        include = resolve_path(z.include_path, base_dir) if z.include_path else None
+        metrics["zeroshot"] = zeroshot_accuracy(model, tokenizer, z.tasks, include, z.limit, z.batch_size,
+                                                z.num_fewshot, seed)
+        for task, values in metrics["zeroshot"].items():
+            log.info("zero-shot %s: acc %.4f, acc_norm %.4f (%d questions)", task, values.get("acc", 0),
+                     values.get("acc_norm", 0), values["samples"])
+    if cfg.size:
+        metrics["size"] = artifact_size(artifact, model)
+        log.info("size: %s", ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in metrics["size"].items()))
+    if cfg.latency is not None:
+        from sparsequant.eval.latency import measure_latency
+
+        lat = cfg.latency
+        metrics["latency"] = measure_latency(model, onnx_file(artifact), lat.prompt_tokens, lat.decode_tokens,
+                                             lat.repeats, tuple(lat.backends))
+        for backend, values in metrics["latency"].items():
+            log.info("latency %s: prefill of %d tokens %.3f s, decode %.1f tok/s", backend, lat.prompt_tokens,
+                     values["prefill_s"], values["decode_tokens_per_s"])
+    return metrics
+
+
+def _perplexity(cfg: EvaluateConfig, model, tokenizer, label: str, text: str, progress: bool,
+                log: logging.Logger) -> dict:
+    import torch
+
+    autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+    result = perplexity(model, tokenizer, text, cfg.seq_len, cfg.batch_size, autocast, cfg.max_windows, progress)
+    key = metric_key(cfg, label)
+    log.info("perplexity %s = %.3f (%d tokens, %.0f tok/s)", key, result.perplexity, result.tokens,
+             result.tokens_per_s)
+    return {"perplexity": {key: result.perplexity}, "eval": {key: result.as_dict()}}
+
+
+def onnx_file(artifact: Artifact) -> Path | None:
+    path = artifact.path / "exports" / "model.onnx"
+    return path if path.is_file() else None
+
+
+def artifact_size(artifact: Artifact, model) -> dict[str, int]:
+    """Bytes: model files on disk, the ONNX export (graph + external data), the packed layout
+    (eval/footprint.py) and, for reference, every parameter at 16 bits."""
+    import math
+
+    from sparsequant.eval.footprint import files_bytes, model_formats, packed_model_bytes
+
+    m = artifact.manifest
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    quantized = _quantized_layers(artifact)
+    targets = m.sparsity.targets if m.sparsity else []
+    formats = model_formats(targets, m.sparsity.pattern if m.sparsity else None, m.quantization, quantized)
+    size = {"model_files_bytes": files_bytes([artifact.path / f for f in m.model.files
+                                              if f.endswith((".safetensors", ".bin"))]),
+            "dense_16bit_bytes": sum(math.prod(s) for s in shapes.values()) * 2,
+            "packed_bytes": packed_model_bytes(shapes, formats)}
+    exports = artifact.path / "exports"
+    if exports.is_dir():
+        size["onnx_bytes"] = files_bytes([p for p in exports.iterdir() if p.name.startswith("model.onnx")])
+    return size
+
+
+def _quantized_layers(artifact: Artifact) -> set[str]:
+    q = artifact.manifest.quantization
+    if not q or not q.get("file"):
+        return set()
+    from sparsequant.quant.storage import load_grids
+
+    layers, _, _ = load_grids(artifact.path / q["file"])
+    return set(layers)

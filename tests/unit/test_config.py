@@ -69,6 +69,15 @@ def test_nested_unknown_key_hint(tmp_path):
         load_pipeline(write(tmp_path, text), Registry.default())
 
 
+def test_evaluate_sections_reject_unknown_keys(tmp_path):
+    text = GOOD.replace("{text: x.txt, seq_len: 64}", "{text: x.txt, zeroshot: {taks: [sq_everyday_mc]}}")
+    with pytest.raises(ConfigError, match="did you mean 'tasks'"):
+        load_pipeline(write(tmp_path, text), Registry.default())
+    text = GOOD.replace("{text: x.txt, seq_len: 64}", "{latency: {backends: [tensorrt]}}")
+    with pytest.raises(ConfigError, match="backends"):
+        load_pipeline(write(tmp_path, text), Registry.default())
+
+
 def test_bad_pattern_value(tmp_path):
     with pytest.raises(ConfigError, match="line 6.*pattern"):
         load_pipeline(write(tmp_path, GOOD.replace('"2:4"', '"5:4"')), Registry.default())
