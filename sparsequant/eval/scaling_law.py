@@ -47,7 +47,11 @@ def r_squared(y: np.ndarray, predicted: np.ndarray) -> float:
 
 def fit_power_law(tokens, values) -> PowerLawFit:
     """Least-squares fit of L(D) = E + A·D^(−α) with E ≥ 0, A ≥ 0, 0 < α ≤ 5."""
-    from scipy.optimize import curve_fit
+    try:
+        from scipy.optimize import curve_fit
+    except ImportError:
+        raise ConfigError("the scaling-law fit needs scipy, which is not installed: pip install 'sparsequant[eval]'") \
+            from None
 
     d = np.asarray(tokens, dtype=np.float64)
     y = np.asarray(values, dtype=np.float64)

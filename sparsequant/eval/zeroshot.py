@@ -77,7 +77,11 @@ def _evaluate(lm, specs, manager, limit: int | None, num_fewshot: int, seed: int
 def zeroshot_accuracy(model, tokenizer, tasks: list[str], include_path: Path | None = None, limit: int | None = None,
                       batch_size: int = 8, num_fewshot: int = 0, seed: int = 0) -> dict[str, dict[str, float]]:
     """{task: {"acc": …, "acc_norm": …, "samples": n}} for `model` (already on its device)."""
-    from lm_eval.models.huggingface import HFLM
+    try:
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        raise ConfigError("zero-shot accuracy needs lm-eval, which is not installed: "
+                          "pip install 'sparsequant[eval]' (or drop `zeroshot` from the evaluate config)") from None
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # per-request INFO lines drown the stage's log
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
