@@ -10,6 +10,14 @@ maps a layer type to a LoRA layer class, and ours subclasses peft's own `lora.Li
 
 Cost: the unmerged forward forms the (O, I) masked delta once per call instead of the rank-r path;
 a low-rank product cannot carry an element-wise mask, so this is the price of an exact merge.
+
+Quantization-aware mode (`set_update_grids`, for a `gptq` base): the forward uses
+Q(W + (B·A·s) ⊙ M), Q rounding onto the base layer's own fixed grid (its stored scales and zero
+points) with a straight-through gradient, so training sees exactly the weights the merge will
+write and the merge needs no re-quantization (QA-LoRA's goal, reached by fake-quant training
+instead of QA-LoRA's group-pooled adapter, which could not keep the 2:4 zeros). 0 is on every grid,
+so pruned entries stay exactly 0. Dropout is not applied in this mode: the adapter path is folded
+into the weight before rounding, so there is no separate adapter input to drop.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
+from sparsequant.quant.grid import GridSpec, expand_groups, round_to_grid
+
 
 class MaskedLoraLinear(LoraLinear):
     """peft `lora.Linear` whose delta weight is multiplied by the base weight's non-zero mask (O, I)."""
@@ -33,13 +43,39 @@ class MaskedLoraLinear(LoraLinear):
         weight = self.get_base_layer().weight
         # (O, I) bool; all True (a dense layer) until `set_update_masks` gives the layer's N:M mask.
         self.register_buffer("nm_mask", torch.ones_like(weight, dtype=torch.bool), persistent=False)
+        self.grid_spec: GridSpec | None = None  # set with the (O, I) grid_scale/grid_zero buffers by set_grid
+
+    def set_grid(self, scale: torch.Tensor, zero: torch.Tensor, g_idx: torch.Tensor, spec: GridSpec) -> None:
+        """Train through this layer's fixed quantization grid: (O, G) scale/zero, (I,) g_idx."""
+        s, z = expand_groups(scale, zero, g_idx)  # (O, I) each: one gather now instead of one per forward
+        device = self.get_base_layer().weight.device
+        self.register_buffer("grid_scale", s.to(device), persistent=False)
+        self.register_buffer("grid_zero", z.to(device), persistent=False)
+        self.grid_spec = spec
+
+    def _masked_delta(self, adapter: str) -> torch.Tensor:
+        return super().get_delta_weight(adapter) * self.nm_mask.to(self.lora_B[adapter].weight.device)
+
+    def _quantized_weight(self, delta: torch.Tensor) -> torch.Tensor:
+        """Q(W + delta) on the fixed grid, with the straight-through gradient d/d(delta) = identity."""
+        weight = self.get_base_layer().weight + delta
+        snapped = round_to_grid(weight.detach(), self.grid_scale, self.grid_zero, self.grid_spec)
+        return weight + (snapped - weight).detach()
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        return super().get_delta_weight(adapter) * self.nm_mask.to(self.lora_B[adapter].weight.device)
+        delta = self._masked_delta(adapter)
+        if self.grid_spec is None:
+            return delta
+        # merge writes W + this = Q(W + delta): the weight the quantization-aware forward used
+        return self._quantized_weight(delta).detach() - self.get_base_layer().weight
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters or self.merged or not self.active_adapters:
             return super().forward(x, *args, **kwargs)
+        if self.grid_spec is not None:
+            delta = sum(self._masked_delta(a) for a in self.active_adapters if a in self.lora_A)
+            weight = self._quantized_weight(delta)
+            return F.linear(x, weight.to(x.dtype), self.get_base_layer().bias)
         result = self.base_layer(x, *args, **kwargs)
         for adapter in self.active_adapters:
             if adapter not in self.lora_A:
@@ -73,6 +109,19 @@ def set_update_masks(peft_model: nn.Module, masks: dict[str, torch.Tensor]) -> i
             if plain in masks:
                 module.nm_mask.copy_(masks[plain])
                 found += 1
+    return found
+
+
+def set_update_grids(peft_model: nn.Module, grids: dict, spec: GridSpec) -> int:
+    """Quantization-aware training for every MaskedLoraLinear whose base is named in `grids`
+    ({name: QuantizedLayer} from quantization.safetensors). Returns how many layers got a grid."""
+    found = 0
+    for name, module in peft_model.named_modules():
+        plain = name.removeprefix("base_model.model.")
+        if isinstance(module, MaskedLoraLinear) and plain in grids:
+            grid = grids[plain]
+            module.set_grid(grid.scale, grid.zero, grid.g_idx, spec)
+            found += 1
     return found
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from sparsequant.oneshot.obs import damped_inverse_factor, obs_sweep_
-from sparsequant.quant.grid import GridSpec, fit_grid, quantize
+from sparsequant.quant.grid import GridSpec, fit_grid, quantize, quantize_grouped
 
 
 @dataclass
@@ -116,11 +116,3 @@ def round_to_nearest_(weight: torch.Tensor, spec: GridSpec, group_size: int | No
     g_idx = torch.arange(cols) // size
     weight.data.copy_(quantize_grouped(work, scale, zero, g_idx, spec).to(weight.dtype))
     return QuantizedLayer(scale=scale, zero=zero, g_idx=g_idx.to(torch.int32), loss=float("nan"))
-
-
-def quantize_grouped(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, g_idx: torch.Tensor,
-                     spec: GridSpec) -> torch.Tensor:
-    """Round (O, I) weights onto (O, G) grids, column j on group g_idx[j]: used to re-quantize a merge."""
-    s, z = scale[:, g_idx.long()], zero[:, g_idx.long()]
-    codes = torch.clamp(torch.round(weight.to(torch.float32) / s) + z, 0, spec.max_code)
-    return (codes - z) * s

@@ -51,17 +51,33 @@ def fit_grid(weights: torch.Tensor, spec: GridSpec) -> tuple[torch.Tensor, torch
     return scale, zero
 
 
+def round_to_grid(weights: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: GridSpec) -> torch.Tensor:
+    """Nearest in-range grid value of every weight, dequantized fp32; `scale`/`zero` broadcast against
+    `weights`. The one place where rounding onto a grid is written."""
+    codes = torch.clamp(torch.round(weights.to(torch.float32) / scale) + zero, 0, spec.max_code)
+    return (codes - zero) * scale
+
+
 def quantize(weights: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: GridSpec) -> torch.Tensor:
     """Round (O,) or (O, k) weights to the nearest grid value of their row; returns dequantized fp32."""
     s, z = (scale, zero) if weights.dim() == 1 else (scale.unsqueeze(1), zero.unsqueeze(1))
-    codes = torch.clamp(torch.round(weights.to(torch.float32) / s) + z, 0, spec.max_code)
-    return (codes - z) * s
+    return round_to_grid(weights, s, z, spec)
+
+
+def expand_groups(scale: torch.Tensor, zero: torch.Tensor, g_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(O, G) grids -> (O, I) scale and zero of every weight, column j taking group g_idx[j]."""
+    return scale[:, g_idx.long()], zero[:, g_idx.long()]
+
+
+def quantize_grouped(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, g_idx: torch.Tensor,
+                     spec: GridSpec) -> torch.Tensor:
+    """Round (O, I) weights onto their (O, G) grids (column j on group g_idx[j]), dequantized fp32."""
+    return round_to_grid(weight, *expand_groups(scale, zero, g_idx), spec)
 
 
 def grid_codes(weights: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, g_idx: torch.Tensor) -> torch.Tensor:
     """Real-valued codes w/scale + zero of (O, I) weights under (O, G) grids, column j using group g_idx[j]."""
-    s = scale[:, g_idx.long()]  # (O, I)
-    z = zero[:, g_idx.long()]
+    s, z = expand_groups(scale, zero, g_idx)
     return weights.to(torch.float32) / s + z
 
 

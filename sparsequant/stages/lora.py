@@ -50,6 +50,9 @@ class LoraStageConfig(StageConfig):
     autocast: Literal["bfloat16", "float32"] = "bfloat16"
     distill: LoraDistill = LoraDistill()
     merge: Literal["merge", "requantize", "keep"] | None = None  # None: requantize if quantized, else merge
+    # requantize: train through the parent's fixed grids (True, the default) so the merge lands on them
+    # exactly, or train in float and re-run GPTQ on the merged weights (False; loses most of the gain)
+    quant_aware: bool | None = None
     requantize_calibration: CalibrationConfig = CalibrationConfig(num_samples=16)
     log_interval: int = Field(10, ge=1)
     eval_interval: int | None = Field(None, ge=1)
@@ -74,8 +77,11 @@ class LoraStage:
     """Fine-tune with LoRA whose update is masked by each layer's N:M pattern, then merge exactly.
 
     merge: `merge` adds (B·A·s) ⊙ M into W (exact N:M); `requantize` (the default on a `gptq` artifact)
-    merges and re-runs mask-preserving GPTQ with the parent's grid settings; `keep` stores the
-    adapter unmerged in `adapter/` (peft format) on top of the unchanged base.
+    puts the merged weights back on a grid: with `quant_aware` (default) LoRA trains through the
+    parent's fixed grids (straight-through rounding) and the merge is Q(W + ΔW ⊙ M) on those same
+    grids, exactly the trained model; with `quant_aware: false` it trains in float and re-runs
+    mask-preserving GPTQ on the merge. `keep` stores the adapter unmerged in `adapter/` (peft format)
+    on top of the unchanged base.
 
     Example YAML:  - stage: lora
                      config: {rank: 16, alpha: 32, steps: 200, data: {source: chat.jsonl}, format: chat}
@@ -103,12 +109,18 @@ class LoraStage:
                              "use merge: merge")
         if artifact.adapter_dir is not None:
             raise StageError(self.name, f"{artifact.path} already holds an unmerged adapter; run lora on a merged model")
+        if self.config.quant_aware and mode != "requantize":
+            raise StageError(self.name, f"quant_aware: true trains through the quantization grid for merge: requantize; "
+                             f"it does not apply to merge: {mode} (remove quant_aware or set merge: requantize)")
         return mode
+
+    def _quant_aware(self, mode: str) -> bool:
+        return mode == "requantize" and self.config.quant_aware is not False
 
     def run(self, artifact, ctx: StageContext):
         import torch
 
-        from sparsequant.lora.masked import masked_lora_config, set_update_masks, wrap_masked_lora
+        from sparsequant.lora.masked import masked_lora_config, set_update_grids, set_update_masks, wrap_masked_lora
         from sparsequant.lora.train import train_lora
         from sparsequant.sparsity.targets import select_linears
 
@@ -121,8 +133,13 @@ class LoraStage:
         masks = artifact.sparsity_masks(model)
         peft_model = wrap_masked_lora(model, masked_lora_config(cfg.rank, cfg.alpha, cfg.dropout, sorted(targets)))
         set_update_masks(peft_model, masks)
+        quant_aware = self._quant_aware(mode)
+        if quant_aware:
+            grids, spec = self._parent_grids(artifact)
+            set_update_grids(peft_model, grids, spec)
         report = train_lora(peft_model, tokenizer, cfg, ctx)
-        metrics: dict[str, Any] = {**report.metrics, "merge": mode, "rank": cfg.rank, "targets": len(targets)}
+        metrics: dict[str, Any] = {**report.metrics, "merge": mode, "quant_aware": quant_aware, "rank": cfg.rank,
+                                   "targets": len(targets)}
         extra, sections = dict(report.extra_files), {}
         if mode == "keep":
             extra |= self._saved_adapter(peft_model, ctx)
@@ -132,7 +149,10 @@ class LoraStage:
                 extra[name] = artifact.path / name
         else:
             model = peft_model.merge_and_unload()
-            if mode == "requantize":
+            if quant_aware:
+                sections["quantization"], extra_q = self._snap_to_parent_grids(artifact, model, grids, spec)
+                extra |= extra_q
+            elif mode == "requantize":
                 sections["quantization"], extra_q, metrics["requantize_s"] = self._requantize(artifact, model, tokenizer,
                                                                                              masks, ctx)
                 extra |= extra_q
@@ -147,6 +167,31 @@ class LoraStage:
         target = ctx.work_dir / ADAPTER_DIR
         peft_model.save_pretrained(str(target))
         return {f"{ADAPTER_DIR}/{f.name}": f for f in sorted(target.iterdir()) if f.is_file() and f.suffix != ".md"}
+
+    @staticmethod
+    def _parent_grids(artifact):
+        from sparsequant.quant.storage import FILE_NAME, load_grids
+
+        grids, spec, _ = load_grids(artifact.path / artifact.manifest.quantization.get("file", FILE_NAME))
+        return grids, spec
+
+    @staticmethod
+    def _snap_to_parent_grids(artifact, model, grids, spec) -> tuple[dict, dict]:
+        """The merge wrote W + (Q(W + ΔW) − W) in fp32, which can sit one ulp off Q(W + ΔW); rounding
+        onto the same fixed grid again puts every weight exactly on it (a no-op beyond that ulp)."""
+        import torch
+
+        from sparsequant.quant.grid import quantize_grouped
+        from sparsequant.quant.storage import FILE_NAME
+
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for name, grid in grids.items():
+                weight = modules[name].weight
+                weight.copy_(quantize_grouped(weight, grid.scale, grid.zero, grid.g_idx, spec).to(weight.dtype))
+        section = artifact.manifest.quantization
+        file_name = section.get("file", FILE_NAME)
+        return {**section, "lora_merge": "quant_aware"}, {file_name: artifact.path / file_name}
 
     def _requantize(self, artifact, model, tokenizer, masks, ctx: StageContext):
         """Mask-preserving GPTQ of the merged layers with the parent's grid settings -> (section, files, seconds)."""

@@ -5,7 +5,10 @@ import torch
 
 from sparsequant.data.chat import IGNORE_INDEX, chat_blocks, conversation_tokens, split_loss_encoding
 from sparsequant.errors import ConfigError
-from sparsequant.lora.masked import load_masked_adapter, masked_lora_config, set_update_masks, wrap_masked_lora
+from sparsequant.lora.masked import (load_masked_adapter, masked_lora_config, set_update_grids, set_update_masks,
+                                     wrap_masked_lora)
+from sparsequant.quant.gptq import round_to_nearest_
+from sparsequant.quant.grid import GridSpec, quantize_grouped
 from sparsequant.sparsity.masks import NMPattern, apply_mask_, is_nm, nm_mask, support_mask
 from sparsequant.sparsity.targets import select_linears
 from sparsequant.testing import tiny_llama, tiny_tokenizer
@@ -46,6 +49,58 @@ def test_merge_is_exact_nm_and_equals_the_unmerged_model():
     for name, linear in targets.items():
         weight = merged_model.get_submodule(name).weight
         assert is_nm(weight, P24) and torch.equal(weight != 0, masks[name] & (weight != 0))
+
+
+def quantized_sparse_tiny(spec: GridSpec):
+    """The 2:4 tiny model with every target rounded onto a 4-bit g16 grid: (model, targets, masks, grids)."""
+    model, targets, masks = sparse_tiny()
+    grids = {name: round_to_nearest_(linear.weight, spec, 16, masks[name]) for name, linear in targets.items()}
+    return model, targets, masks, grids
+
+
+def test_quant_aware_merge_is_on_grid_nm_and_equals_the_trained_forward():
+    spec = GridSpec(4, symmetric=False)
+    model, targets, masks, grids = quantized_sparse_tiny(spec)
+    before = {name: linear.weight.detach().clone() for name, linear in targets.items()}
+    peft_model = wrap_masked_lora(model, masked_lora_config(4, 8.0, 0.0, sorted(targets)))
+    set_update_masks(peft_model, masks)
+    assert set_update_grids(peft_model, grids, spec) == 14
+    randomise_adapters(peft_model)  # big enough to move many weights to other codes
+    tokens = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        unmerged = peft_model(input_ids=tokens).logits
+    merged_model = peft_model.merge_and_unload()
+    with torch.no_grad():
+        merged = merged_model(input_ids=tokens).logits
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
+    moved = 0
+    for name, grid in grids.items():
+        weight = merged_model.get_submodule(name).weight.detach()
+        assert is_nm(weight, P24) and not weight[~masks[name]].any(), name
+        # on the grid up to fp32 rounding of W + (Q − W); the stage snaps that last ulp away
+        torch.testing.assert_close(quantize_grouped(weight, grid.scale, grid.zero, grid.g_idx, spec), weight,
+                                   atol=1e-6, rtol=0)
+        moved += int((weight != before[name]).sum())
+    assert moved > 1000  # the adapters really changed codes: the checks above are not vacuous
+
+
+def test_quant_aware_gradient_is_straight_through():
+    """At B = 0 every weight is on its grid, so Q(W + ΔW) = W and the straight-through gradient must
+    equal the float masked LoRA's gradient exactly."""
+    spec = GridSpec(4, symmetric=True)
+    tokens = torch.randint(0, 256, (2, 16))
+    grads = []
+    for quant_aware in (False, True):
+        model, targets, masks, grids = quantized_sparse_tiny(spec)
+        peft_model = wrap_masked_lora(model, masked_lora_config(4, 8.0, 0.0, sorted(targets)))
+        set_update_masks(peft_model, masks)
+        if quant_aware:
+            set_update_grids(peft_model, grids, spec)
+        peft_model(input_ids=tokens, labels=tokens).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in peft_model.named_parameters() if "lora_" in n})
+    assert grads[0].keys() == grads[1].keys() and any(g.abs().sum() > 0 for g in grads[0].values())
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
 
 
 def test_a_plain_peft_merge_would_have_broken_the_pattern():

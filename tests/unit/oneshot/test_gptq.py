@@ -5,8 +5,8 @@ import torch
 from obs_reference import reference_sweep
 from test_obs_pruners import correlated_inputs, hessian_of
 
-from sparsequant.quant.gptq import gptq_quantize_, group_count, quantize_grouped, round_to_nearest_
-from sparsequant.quant.grid import GridSpec, fit_grid, off_grid_count, quantize
+from sparsequant.quant.gptq import gptq_quantize_, group_count, round_to_nearest_
+from sparsequant.quant.grid import GridSpec, fit_grid, off_grid_count, quantize, quantize_grouped
 from sparsequant.sparsity.masks import NMPattern, is_nm, nm_mask
 from sparsequant.stages.gptq import group_size_problems
 

@@ -8,7 +8,7 @@ from sparsequant.artifact import Artifact
 from sparsequant.config import load_pipeline
 from sparsequant.errors import SparsequantError
 from sparsequant.pipeline import run_pipeline
-from sparsequant.quant.gptq import quantize_grouped
+from sparsequant.quant.grid import quantize_grouped
 from sparsequant.quant.storage import load_grids
 from sparsequant.registry import Registry
 from sparsequant.sparsity.masks import NMPattern, is_nm

@@ -59,15 +59,29 @@ def test_merge_is_exact_nm_and_equals_the_kept_adapter(tmp_path, text_file):
     assert merged.manifest.metrics["lora"]["merge"] == "merge" and kept.manifest.metrics["lora"]["merge"] == "keep"
 
 
-@pytest.mark.parametrize("merge", ["null", "keep"])
-def test_quantized_base_stays_on_grid_and_nm(tmp_path, text_file, merge):
-    final = run(tmp_path, PRUNE + GPTQ + lora(merge)).final
+@pytest.mark.parametrize(("merge", "extra", "recorded"), [("null", "", "quant_aware"),
+                                                         ("requantize", ", quant_aware: false", "requantize"),
+                                                         ("keep", "", None)])
+def test_quantized_base_stays_on_grid_and_nm(tmp_path, text_file, merge, extra, recorded):
+    final = run(tmp_path, PRUNE + GPTQ + lora(merge, extra=extra)).final
     report = verify_artifact(final)
     assert report.ok and report.layers_checked == 14 and report.grid_layers_checked == 14
     assert grid_failures(final) == ([], 14)
-    expected = "requantize" if merge == "null" else "keep"
-    assert final.manifest.metrics["lora"]["merge"] == expected
-    assert (final.manifest.quantization.get("lora_merge") == "requantize") == (merge == "null")
+    assert final.manifest.metrics["lora"]["merge"] == ("keep" if merge == "keep" else "requantize")
+    assert final.manifest.quantization.get("lora_merge") == recorded
+
+
+def test_quant_aware_merge_keeps_the_parent_grids_and_the_trained_model(tmp_path, text_file):
+    """quant_aware: the grids file is the parent's, byte for byte, and the merge moved weights to other
+    codes on it (merged == trained forward is checked layer by layer in test_masked_lora.py)."""
+    result = run(tmp_path, PRUNE + GPTQ + lora(steps=6))
+    final, parent = result.final, Artifact.load(result.outcomes[-2].path)
+    name = "quantization.safetensors"
+    assert (final.path / name).read_bytes() == (parent.path / name).read_bytes()
+    targets = final.manifest.sparsity.targets
+    new, old = read_target_weights(final, targets), read_target_weights(parent, targets)
+    assert sum(int((new[k] != old[k]).sum()) for k in targets) > 0  # the merge changed codes
+    assert final.manifest.metrics["lora"]["quant_aware"] is True
 
 
 def test_memorisation_lowers_the_loss(tmp_path):
@@ -88,6 +102,11 @@ def test_chat_data_trains_on_assistant_tokens(tmp_path):
     stages = PRUNE + lora("merge", extra=", format: chat").replace(DATA, "{source: chat.jsonl, block_size: 32}")
     final = run(tmp_path, stages).final
     assert final.manifest.metrics["lora"]["train_blocks"] > 0 and losses(final)
+
+
+def test_quant_aware_needs_requantize(tmp_path, text_file):
+    with pytest.raises(SparsequantError, match="quant_aware: true .* merge: keep"):
+        run(tmp_path, PRUNE + GPTQ + lora("keep", extra=", quant_aware: true"))
 
 
 def test_wrong_merge_mode_is_a_clear_error(tmp_path, text_file):
