@@ -1,11 +1,13 @@
 """Masked LoRA on SmolLM2-135M 2:4 + GPTQ 4-bit g64 (issue "LoRA stage").
 
-Usage (after bench_gptq.py has written runs/bench_gptq/sparsegpt24_w4g64_ours):
+Usage (after bench_export.py has written runs/bench_export/sources: SparseGPT 2:4 -> GPTQ W4 g64):
   .venv/bin/python benchmarks/bench_lora.py --steps 32 --wiki-windows 128
 
-Three numbers on the same evaluation windows: before LoRA (the GPTQ artifact), after LoRA with the
-adapter unmerged (merge: keep), and after merge + mask-preserving re-quantization (merge: requantize).
-The two LoRA runs train identically (same seed and data), so their difference is the merge alone.
+Four numbers on the same evaluation windows: before LoRA (the GPTQ artifact); float LoRA with the
+adapter unmerged (merge: keep); the same float LoRA merged and re-quantized by GPTQ (merge:
+requantize, quant_aware: false) — these two train identically, so their difference is the merge
+alone; and quantization-aware LoRA (merge: requantize, the default) that trains through the GPTQ
+grids and merges onto them exactly.
 Results: benchmarks/results/lora.json and markdown rows on stdout.
 """
 
@@ -25,12 +27,13 @@ from sparsequant.pipeline import run_pipeline
 from sparsequant.registry import Registry
 from sparsequant.verify import verify_artifact
 
-BASE = REPO / "runs/bench_gptq/sparsegpt24_w4g64_ours/01_gptq"
+BASE = REPO / "runs/bench_export/sources/02_gptq"
 
 
-def lora_stage(merge: str, steps: int) -> dict:
+def lora_stage(merge: str, steps: int, quant_aware: bool | None = None) -> dict:
     return {"stage": "lora", "config": {"rank": 16, "alpha": 32, "steps": steps, "batch_size": 4, "lr": 2.0e-4,
                                         "data": {"source": "builtin", "block_size": 256}, "merge": merge,
+                                        "quant_aware": quant_aware,
                                         "checkpoint_interval": 8,
                                         "requantize_calibration": {"data": {"source": "builtin", "block_size": 512},
                                                                    "num_samples": 16}}}
@@ -61,7 +64,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     rows = [run("before_lora", None, out, args.wiki_windows),
             run("lora_keep", lora_stage("keep", args.steps), out, args.wiki_windows),
-            run("lora_requantize", lora_stage("requantize", args.steps), out, args.wiki_windows)]
+            run("lora_requantize_gptq", lora_stage("requantize", args.steps, False), out, args.wiki_windows),
+            run("lora_quant_aware", lora_stage("requantize", args.steps, True), out, args.wiki_windows)]
     Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "base": str(BASE.relative_to(REPO)),
                                            "steps": args.steps, "rows": rows}, indent=2) + "\n")
     for r in rows:
