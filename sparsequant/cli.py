@@ -35,16 +35,31 @@ def _quiet_transformers() -> None:
 
 def cmd_run(args) -> int:
     from sparsequant.config import load_pipeline
+    from sparsequant.distributed.context import init_from_env
+    from sparsequant.distributed.launch import relaunch, under_torchrun
     from sparsequant.pipeline import run_pipeline
     from sparsequant.registry import Registry
     from sparsequant.summary import print_run_summary
 
     registry = Registry.default()
     loaded = load_pipeline(Path(args.pipeline), registry, args.set)
+    wanted = loaded.spec.distributed
+    if wanted is not None and wanted.nproc_per_node > 1 and not under_torchrun():
+        return relaunch(args.argv, wanted.nproc_per_node)
+    dist = init_from_env(wanted.backend if wanted else None)  # also when started by torchrun directly
+    if not dist.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # one copy of the log: rank 0's
     _quiet_transformers()
-    result = run_pipeline(loaded, registry, Path(args.output_dir) if args.output_dir else None, args.force,
-                          progress=not args.no_progress)
-    print_run_summary(result)
+    try:
+        result = run_pipeline(loaded, registry, Path(args.output_dir) if args.output_dir else None, args.force,
+                              progress=not args.no_progress, dist=dist)
+    finally:
+        if dist.enabled:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    if dist.is_main:
+        print_run_summary(result)
     return 0
 
 
@@ -244,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # to re-run the same command under torchrun
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("onnxscript", "onnx_ir"):  # hundreds of "Replaced initializer" lines per export

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from sparsequant.errors import ConfigError
 from sparsequant.registry import Registry, unknown_stage_message
@@ -28,6 +28,14 @@ class StageSpec(StrictModel):
     config: dict[str, Any] = {}
 
 
+class DistributedSpec(StrictModel):
+    """`sparsequant run` re-launches itself under torchrun with this many processes on this machine
+    (several machines: start `torchrun ... -m sparsequant run` on each, see deployment/README.md)."""
+
+    nproc_per_node: int = Field(2, ge=1)
+    backend: Literal["gloo", "nccl"] | None = None  # None: nccl with CUDA, gloo on CPU
+
+
 class PipelineSpec(StrictModel):
     version: Literal[1] = 1
     input: str
@@ -35,6 +43,7 @@ class PipelineSpec(StrictModel):
     device: str = "cpu"
     seed: int = 0
     trust_remote_code: bool = False
+    distributed: DistributedSpec | None = None  # data-parallel FSDP2 for the `cast` stage
     stages: list[StageSpec]
 
     @field_validator("device")

@@ -15,6 +15,7 @@ import yaml
 
 from sparsequant.artifact import Artifact
 from sparsequant.config import LoadedPipeline
+from sparsequant.distributed.context import DistContext
 from sparsequant.errors import ArtifactError, ConfigError, StageError, ValidationFailed
 from sparsequant.fsutil import atomic_write_text
 from sparsequant.manifest import read_manifest
@@ -64,7 +65,10 @@ def _existing(path: Path, expected_sha: str, force: bool) -> Artifact | None:
 
 
 def _run_one(stage_cls, config: StageConfig, stage_id: str, parent: Artifact | None, root: Path,
-             loaded: LoadedPipeline, force: bool, progress: bool) -> tuple[Artifact, StageOutcome]:
+             loaded: LoadedPipeline, force: bool, progress: bool,
+             dist: DistContext = DistContext()) -> tuple[Artifact, StageOutcome]:
+    """Under torchrun, a stage with `distributed = True` runs on every rank (rank 0 writes its
+    artifact); any other stage runs on rank 0 while the others wait, then they all read its output."""
     out_dir = root / stage_id
     sha = config_sha256(stage_cls.name, config, parent.manifest_sha256 if parent else None)
     started = time.time()
@@ -77,31 +81,49 @@ def _run_one(stage_cls, config: StageConfig, stage_id: str, parent: Artifact | N
         raise StageError(stage_cls.name, f"needs {sorted(missing)} in its input manifest ({parent.path})")
     spec = loaded.spec
     ctx = StageContext(out_dir=out_dir, work_dir=StageContext.work_dir_for(out_dir), base_dir=loaded.base_dir,
-                       stage_id=stage_id, config_sha256=sha, device=spec.device, seed=spec.seed, force=force,
-                       trust_remote_code=spec.trust_remote_code, progress=progress, log=log)
+                       stage_id=stage_id, config_sha256=sha, device=rank_device(spec.device, dist), seed=spec.seed,
+                       force=force, trust_remote_code=spec.trust_remote_code, progress=progress, log=log, dist=dist)
     log.info("[%s] running", stage_id)
-    artifact = stage_cls(config).run(parent, ctx)
-    report = verify_artifact(artifact)
-    if not report.ok:
-        raise ValidationFailed(f"[{stage_id}] output {artifact.path}", report.failures)
+    everyone = not dist.enabled or getattr(stage_cls, "distributed", False)
+    try:
+        if everyone or dist.is_main:
+            artifact = stage_cls(config).run(parent, ctx)
+            report = verify_artifact(artifact) if dist.is_main else None
+            if report is not None and not report.ok:
+                raise ValidationFailed(f"[{stage_id}] output {artifact.path}", report.failures)
+    finally:
+        if not everyone:
+            dist.barrier()  # the waiting ranks continue once rank 0 has written (or failed)
+    if not dist.is_main:
+        artifact = Artifact.load(out_dir)  # what rank 0 wrote (ArtifactError if it failed)
     seconds = time.time() - started
     log.info("[%s] done in %.1f s -> %s", stage_id, seconds, artifact.path)
     return artifact, StageOutcome(stage_id, artifact.path, "ran", seconds)
 
 
+def rank_device(device: str, dist: DistContext) -> str:
+    """`cuda` in a torchrun job means this process's GPU (LOCAL_RANK); anything else is kept."""
+    import os
+
+    if dist.enabled and device == "cuda":
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device
+
+
 def run_pipeline(loaded: LoadedPipeline, registry: Registry, output_dir: Path | None = None,
-                 force: bool = False, progress: bool = True) -> PipelineResult:
+                 force: bool = False, progress: bool = True, dist: DistContext = DistContext()) -> PipelineResult:
     """Run every stage of a validated pipeline, resuming finished ones; returns the last artifact."""
     root = resolve_output_dir(loaded, output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / "pipeline.yaml", yaml.safe_dump(loaded.spec.model_dump(mode="json"), sort_keys=False))
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(root / "pipeline.yaml", yaml.safe_dump(loaded.spec.model_dump(mode="json"), sort_keys=False))
     import_config = ImportConfig(source=loaded.spec.input)
-    artifact, outcome = _run_one(ImportStage, import_config, "00_import", None, root, loaded, force, progress)
+    artifact, outcome = _run_one(ImportStage, import_config, "00_import", None, root, loaded, force, progress, dist)
     result = PipelineResult(artifact, [outcome])
     for i, (stage_spec, config) in enumerate(zip(loaded.spec.stages, loaded.stage_configs, strict=True), start=1):
         stage_id = f"{i:02d}_{stage_spec.id or stage_spec.stage}"
         artifact, outcome = _run_one(registry.get(stage_spec.stage), config, stage_id, artifact, root, loaded,
-                                     force, progress)
+                                     force, progress, dist)
         result.outcomes.append(outcome)
     result.final = artifact
     return result

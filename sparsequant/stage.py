@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
+from sparsequant.distributed.context import DistContext
 from sparsequant.errors import RegistryError
 from sparsequant.schema import StrictModel
 
@@ -39,6 +40,7 @@ class StageContext:
     trust_remote_code: bool = False
     progress: bool = True
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sparsequant"))
+    dist: DistContext = field(default_factory=DistContext)  # rank and world size under torchrun
 
     @staticmethod
     def work_dir_for(out_dir: Path) -> Path:

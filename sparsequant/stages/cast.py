@@ -75,6 +75,7 @@ class CastStage:
     Config = CastConfig
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset({"sparsity"})
+    distributed: ClassVar[bool] = True  # under torchrun every rank runs it (FSDP2); other stages run on rank 0
 
     def __init__(self, config: CastConfig):
         self.config = config
@@ -86,7 +87,17 @@ class CastStage:
         model, tokenizer = artifact.load_model(ctx.device, trust_remote_code=ctx.trust_remote_code)
         targets = select_targets(self.name, model, self.config.sparsity)
         report = train_sparse(model, tokenizer, artifact, targets, self.config, ctx)
+        if report.model is None:
+            from sparsequant.artifact import Artifact
+  # a distributed run's other ranks: rank 0 writes the artifact
+            ctx.dist.barrier()
+            return Artifact.load(ctx.out_dir)
+        model = report.model
+        targets = select_targets(self.name, model, self.config.sparsity)
         sparsity = verified_sparsity(self.name, targets, self.config.sparsity)
-        return write_model_artifact(self.name, self.config, ctx, started, artifact, model, tokenizer,
-                                    sparsity=sparsity, metrics={"train": report.metrics},
-                                    warnings=report.warnings, extra_files=report.extra_files)
+        try:
+            return write_model_artifact(self.name, self.config, ctx, started, artifact, model, tokenizer,
+                                        sparsity=sparsity, metrics={"train": report.metrics},
+                                        warnings=report.warnings, extra_files=report.extra_files)
+        finally:
+            ctx.dist.barrier()

@@ -16,6 +16,10 @@ weight into about lr·sign(θ): the total distance it can travel is about Σ lr_
 
 State is fp32 whatever the parameter dtype: with λ ~ 1e-7 the per-step decay is far below bf16
 resolution (cast-notes §1.4), so keep master weights in fp32 too.
+
+Under FSDP2 the parameters are DTensors sharded along dim 0; the moments and masks are created
+and stored as DTensors sharded the same way (so torch.distributed.checkpoint saves them sharded),
+and the step works on the local shards: every operation is element-wise, so that is exact.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from itertools import chain
 from typing import Any
 
 import torch
+
+from sparsequant.distributed.fsdp import local
 
 # State entries whose dtype is ours, not the parameter's (see AdamS.load_state_dict).
 _STATE_DTYPES = {"mask": torch.bool, "exp_avg": torch.float32, "exp_avg_sq": torch.float32}
@@ -134,17 +140,15 @@ class AdamS(torch.optim.Optimizer):
         for p in params:
             if p.grad.is_sparse:
                 raise RuntimeError("AdamS does not support sparse gradients")
-            state = self.state[p]
-            if "step" not in state:  # lazy init; fp32 moments whatever p.dtype is
-                state["step"] = torch.tensor(0.0)
-                state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+            self._init_param_state(p)
         states = [self.state[p] for p in params]
-        # fp32 working copies of non-fp32 params (none for fp32 masters); written back at the end.
-        work = [p if p.dtype == torch.float32 else p.float() for p in params]
-        grads = [p.grad.float() for p in params]
-        exp_avgs = [s["exp_avg"] for s in states]
-        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        # Local shards (the tensors themselves when not distributed). fp32 working copies of
+        # non-fp32 params (none for fp32 masters) are written back at the end.
+        shards = [local(p) for p in params]
+        work = [t if t.dtype == torch.float32 else t.float() for t in shards]
+        grads = [local(p.grad).float() for p in params]
+        exp_avgs = [local(s["exp_avg"]) for s in states]
+        exp_avg_sqs = [local(s["exp_avg_sq"]) for s in states]
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1.0)
 
@@ -167,7 +171,7 @@ class AdamS(torch.optim.Optimizer):
             if alpha == 0.0:
                 tilde = mus  # μ~ = μ exactly; skip the sign temporaries
             else:
-                masks = [states[i]["mask"] for i in masked]
+                masks = [local(states[i]["mask"]) for i in masked]
                 # μ~ = μ + α·(1-m)·(λ·sign θ - μ): equals μ on kept entries and
                 # (1-α)·μ + α·λ·sign θ on masked ones. One fp32 temporary per param, (out, in).
                 tilde = torch._foreach_sign([work[i] for i in masked])
@@ -180,7 +184,7 @@ class AdamS(torch.optim.Optimizer):
             scale = float(group.get("masked_lr_scale", 1.0))
             for i, t in zip(masked, tilde, strict=True):
                 # After v is built from the unscaled μ~: the scale changes the step, not Adam's statistics.
-                numerators[i] = t if scale == 1.0 else torch.where(states[i]["mask"], t, t * scale)
+                numerators[i] = t if scale == 1.0 else torch.where(local(states[i]["mask"]), t, t * scale)
         del grads
 
         # θ ← θ - lr/(1-β1^t) · num / (sqrt(v)/sqrt(1-β2^t) + ε), written as in torch.optim.Adam.
@@ -190,9 +194,23 @@ class AdamS(torch.optim.Optimizer):
         torch._foreach_div_(denom, bc2_sqrt)
         torch._foreach_add_(denom, group["eps"])
         torch._foreach_addcdiv_(work, numerators, denom, step_size)
-        for p, w in zip(params, work, strict=True):
-            if w is not p:
-                p.copy_(w)
+        for shard, w in zip(shards, work, strict=True):
+            if w is not shard:
+                shard.copy_(w)
+
+    def _init_param_state(self, p: torch.Tensor) -> None:
+        state = self.state[p]
+        if "step" not in state:  # lazy init; fp32 moments whatever p.dtype is (DTensors for DTensor params)
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+
+    def init_state(self) -> None:
+        """Create every parameter's (zero) state now instead of at its first step: a sharded
+        checkpoint is loaded into existing state tensors (torch.distributed.checkpoint)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._init_param_state(p)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a `state_dict`, keeping masks bool and moments fp32.
@@ -232,6 +250,7 @@ def _check_alpha(alpha: float) -> None:
 @torch.no_grad()
 def masked_weight_fraction(
     params_with_masks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    reduce: Callable[[list[float]], list[float]] | None = None,
 ) -> float:
     """Fraction of the total |W| mass that sits in masked (mask False) entries.
 
@@ -241,6 +260,7 @@ def masked_weight_fraction(
     Args:
         params_with_masks: ``(weight, keep_mask)`` pairs, e.g. `AdamS.masked_params()`. Use the raw
             (unscaled) master weights, as the optimizer sees them.
+        reduce: sums a list of floats over ranks (`DistContext.sum`) when the weights are sharded.
 
     Returns:
         Σ|W|·(1-m) / Σ|W| over all pairs, in [0, 1]; 0.0 when the total mass is zero.
@@ -254,8 +274,10 @@ def masked_weight_fraction(
             raise ValueError(
                 f"mask shape {tuple(mask.shape)} != weight shape {tuple(weight.shape)}"
             )
-        magnitude = weight.detach().abs()  # one temporary, reused for the masked sum
+        magnitude = local(weight).detach().abs()  # one temporary, reused for the masked sum
         total_mass += float(magnitude.sum(dtype=torch.float64))
-        magnitude.masked_fill_(mask.to(torch.bool), 0.0)  # keep only the masked entries
+        magnitude.masked_fill_(local(mask).to(torch.bool), 0.0)  # keep only the masked entries
         masked_mass += float(magnitude.sum(dtype=torch.float64))
+    if reduce is not None:  # sharded weights: sum the two masses over ranks
+        masked_mass, total_mass = reduce([masked_mass, total_mass])
     return masked_mass / total_mass if total_mass > 0.0 else 0.0

@@ -19,6 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sparsequant.data.blocks import BlockStream
+from sparsequant.distributed.context import DistContext
+from sparsequant.distributed.fsdp import full
 from sparsequant.errors import StageError
 from sparsequant.fsutil import atomic_write_text
 from sparsequant.training.checkpoint import checkpoint_tensors, load_latest, save_checkpoint
@@ -62,7 +64,9 @@ class LoopResult:
     tokens: int
 
 
-def _resume(task: TrainTask, stream: BlockStream, work_dir: Path, sha: str) -> int | None:
+def _resume(task: TrainTask, stream: BlockStream, work_dir: Path, sha: str, dist: DistContext) -> int | None:
+    if dist.enabled:
+        return _resume_sharded(task, stream, work_dir, sha, dist)
     checkpoint = load_latest(work_dir, sha)
     if checkpoint is None:
         return None
@@ -80,6 +84,24 @@ def _resume(task: TrainTask, stream: BlockStream, work_dir: Path, sha: str) -> i
     return step
 
 
+def _resume_sharded(task: TrainTask, stream: BlockStream, work_dir: Path, sha: str, dist: DistContext) -> int | None:
+    from sparsequant.distributed.checkpoint import load_sharded, rng_from_json
+
+    task.optimizer.init_state()  # DCP loads into existing tensors: moments now, masks from a first refresh
+    task.before_step(0)
+    meta = load_sharded(work_dir, sha, task.model, task.optimizer)
+    if meta is None:
+        task.optimizer.state.clear()  # a fresh run starts from lazily created, untouched state
+        return None
+    task.load_extra_state({k: torch.tensor(v, dtype=torch.float64) for k, v in meta["extra"].items()})
+    stream.load_state_dict(meta["stream"])
+    torch.set_rng_state(rng_from_json(meta["rng"]))
+    step = meta["step"]
+    if dist.is_main:
+        _truncate_metrics(work_dir / METRICS_FILE, step)
+    return step
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     # Rows logged after the checkpoint will be logged again by the resumed run.
     if path.is_file():
@@ -87,36 +109,50 @@ def _truncate_metrics(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(row + "\n" for row in rows))
 
 
-def _checkpoint(task: TrainTask, stream: BlockStream, work_dir: Path, sha: str, step: int) -> None:
+def _checkpoint(task: TrainTask, stream: BlockStream, work_dir: Path, sha: str, step: int, dist: DistContext) -> None:
+    if dist.enabled:
+        from sparsequant.distributed.checkpoint import rng_to_json, save_sharded
+
+        extra = {k: float(v) for k, v in task.extra_state().items()}  # scalars only (CastTask's flip rate)
+        meta = {"config_sha256": sha, "stream": stream.state_dict(), "rng": rng_to_json(torch.get_rng_state()),
+                "extra": extra, "world_size": dist.world_size}
+        save_sharded(work_dir, step, task.model, task.optimizer, meta, dist)
+        return
     extra = {**task.extra_state(), "__rng__": torch.get_rng_state()}
     save_checkpoint(work_dir, step, task.model, task.optimizer, extra, {"config_sha256": sha, "stream": stream.state_dict()})
 
 
-def _micro_steps(task: TrainTask, stream: BlockStream, grad_accum: int, step: int) -> dict[str, float]:
+def _micro_steps(task: TrainTask, stream: BlockStream, grad_accum: int, step: int,
+                 dist: DistContext) -> dict[str, float]:
+    """Forward/backward of `grad_accum` global batches (each rank its slice); metrics averaged over ranks."""
     sums: dict[str, float] = {}
     for _ in range(grad_accum):
-        loss, parts = task.loss(next(stream))
-        if not torch.isfinite(loss):
-            raise StageError("training", f"the loss became {loss.item()} at step {step}; the last good checkpoint "
+        loss, parts = task.loss(dist.local_batch(next(stream)))
+        if dist.sum([float(not torch.isfinite(loss))])[0]:  # every rank stops together
+            raise StageError("training", f"the loss became non-finite at step {step}; the last good checkpoint "
                              "is kept. Lower the learning rate (or λ) and re-run: it resumes from that checkpoint.")
         (loss / grad_accum).backward()
         for key, value in {"loss": float(loss.detach()), **parts}.items():
             sums[key] = sums.get(key, 0.0) + value / grad_accum
-    return sums
+    return dist.mean(sums)
 
 
 def train_loop(task: TrainTask, stream: BlockStream, settings: LoopSettings, work_dir: Path, config_sha256: str,
-               progress: bool = True, log=None) -> LoopResult:
-    """Run `settings.steps` optimizer steps of `task`, resuming from `work_dir` when possible."""
+               progress: bool = True, log=None, dist: DistContext | None = None) -> LoopResult:
+    """Run `settings.steps` optimizer steps of `task`, resuming from `work_dir` when possible.
+
+    With a `dist` of several ranks (FSDP2-sharded task), `stream` yields global batches and each
+    rank trains on its slice; rank 0 alone writes metrics.jsonl and shows progress."""
+    dist = dist or DistContext()
     work_dir.mkdir(parents=True, exist_ok=True)
-    resumed = _resume(task, stream, work_dir, config_sha256)
+    resumed = _resume(task, stream, work_dir, config_sha256, dist)
     start = resumed or 0
-    if resumed is None:  # a fresh run never mixes with rows of an older, different run
+    if resumed is None and dist.is_main:  # a fresh run never mixes with rows of an older, different run
         atomic_write_text(work_dir / METRICS_FILE, "")
-    elif log:
+    elif resumed is not None and log:
         log.info("resuming training from step %d (%s)", start, work_dir)
     tokens_per_step = stream.batch_size * stream.blocks.shape[1] * settings.grad_accum
-    bar = tqdm(total=settings.steps, initial=start, desc="train", unit="step", disable=not progress)
+    bar = tqdm(total=settings.steps, initial=start, desc="train", unit="step", disable=not (progress and dist.is_main))
     last: dict[str, Any] = {}
     started, window_start, window_steps = time.time(), time.time(), 0
     task.model.train()
@@ -125,9 +161,9 @@ def train_loop(task: TrainTask, stream: BlockStream, settings: LoopSettings, wor
         for group in task.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         row: dict[str, Any] = {"step": step, "lr": lr, **task.before_step(step)}
-        row |= _micro_steps(task, stream, settings.grad_accum, step)
-        if settings.grad_clip:
-            row["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(task.model.parameters(), settings.grad_clip))
+        row |= _micro_steps(task, stream, settings.grad_accum, step, dist)
+        if settings.grad_clip:  # DTensor gradients give a DTensor norm: its full value is the global norm
+            row["grad_norm"] = float(full(torch.nn.utils.clip_grad_norm_(task.model.parameters(), settings.grad_clip)))
         task.optimizer.step()
         task.optimizer.zero_grad(set_to_none=True)
         task.after_step(step)
@@ -142,13 +178,14 @@ def train_loop(task: TrainTask, stream: BlockStream, settings: LoopSettings, wor
             row |= task.heldout_metrics()
             task.model.train()
         row["tokens"] = done * tokens_per_step
-        with open(work_dir / METRICS_FILE, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        if dist.is_main:
+            with open(work_dir / METRICS_FILE, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
         last = row
         bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in _SHOWN}, refresh=False)
         bar.update(1)
         if settings.checkpoint_interval and done % settings.checkpoint_interval == 0 and done < settings.steps:
-            _checkpoint(task, stream, work_dir, config_sha256, done)
+            _checkpoint(task, stream, work_dir, config_sha256, done, dist)
     bar.close()
     task.model.eval()
     return LoopResult(last, resumed, time.time() - started, (settings.steps - start) * tokens_per_step)

@@ -10,6 +10,7 @@ import torch
 
 from sparsequant.data.blocks import BlockStream, pack_token_blocks
 from sparsequant.data.sources import load_text
+from sparsequant.errors import StageError
 from sparsequant.sparsity.masks import nm_mask
 from sparsequant.training.loop import METRICS_FILE, LoopSettings, perplexity_from_nll, train_loop
 from sparsequant.training.schedule import decay_travel_bound, recommended_steps
@@ -22,6 +23,7 @@ class TrainReport:
     metrics: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     extra_files: dict[str, Path] = field(default_factory=dict)
+    model: Any = None  # the finished plain model (in distributed runs: on rank 0 only)
 
 
 def _dtype(name: str) -> torch.dtype | None:
@@ -60,7 +62,42 @@ def freeze_untargeted_linears(model, targets) -> list[str]:
     return frozen
 
 
+def _check_distributed(cfg, dist) -> None:
+    if not dist.enabled:
+        return
+    if cfg.method != "cast":
+        raise StageError("cast", f"distributed training supports method: cast, not {cfg.method}; run "
+                         f"{cfg.method} on one process (drop `distributed:` from the pipeline)")
+    if cfg.batch_size % dist.world_size:
+        raise StageError("cast", f"batch_size {cfg.batch_size} is the global batch and must divide by the "
+                         f"{dist.world_size} processes; use a multiple of {dist.world_size}")
+
+
+def _finish_distributed(task: CastTask, artifact, targets, cfg, ctx):
+    """Gather the sharded model and masks, then prune + fold on rank 0 exactly as one process would:
+    a fresh copy of the input model gets the same scale parametrizations and the gathered state."""
+    from sparsequant.distributed.fsdp import full, full_state_dict
+    from sparsequant.training.scaling import attach_weight_scales, fold_weight_scales_
+
+    masks = {name: full(mask) for name, mask in task.masks().items()}  # collectives: every rank
+    state = full_state_dict(task.model)
+    if not ctx.dist.is_main:
+        return None
+    model, _ = artifact.load_model(ctx.device, trust_remote_code=ctx.trust_remote_code)
+    modules = dict(model.named_modules())
+    plain_targets = {name: modules[name] for name in targets}
+    if cfg.scale_blocks:
+        for linear in plain_targets.values():
+            attach_weight_scales(linear, cfg.scale_blocks, cfg.sparsity.nm.m)
+    model.load_state_dict(state)
+    for name, linear in plain_targets.items():
+        fold_weight_scales_(linear, masks[name])
+    return model.eval()
+
+
 def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
+    dist = ctx.dist
+    _check_distributed(cfg, dist)
     torch.manual_seed(ctx.seed)
     frozen = freeze_untargeted_linears(model, targets)
     pattern = cfg.sparsity.nm
@@ -68,9 +105,17 @@ def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
     heldout_cfg = cfg.data.model_copy(update={"split": "heldout"})
     heldout = pack_token_blocks(load_text(heldout_cfg, ctx.base_dir), tokenizer, cfg.data.block_size)[: cfg.eval_blocks]
     teacher = None
+    shard = None
+    if dist.enabled:
+        from sparsequant.distributed.fsdp import shard_model
+
+        def shard(module):
+            shard_model(module, dist.world_size, torch.device(ctx.device).type)
     if cfg.distill.eta > 0:
         teacher, _ = artifact.load_model(ctx.device, dtype=getattr(torch, cfg.distill.teacher_dtype))
         teacher.requires_grad_(False)
+        if shard is not None:  # sharded too: a 7B teacher would not fit next to the student otherwise
+            shard(teacher)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     objective = KDObjective(teacher, cfg.distill.eta, cfg.distill.temperature, _dtype(cfg.autocast))
@@ -82,7 +127,7 @@ def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
         if warning:
             ctx.log.warning(warning)
             report.warnings.append(warning)
-        task = CastTask(model, targets, pattern, objective, heldout, cfg.steps, cfg)
+        task = CastTask(model, targets, pattern, objective, heldout, cfg.steps, cfg, dist, shard)
     elif cfg.method == "sr_ste":
         task = SRSTETask(model, targets, pattern, objective, heldout, cfg.steps, cfg)
     else:
@@ -90,13 +135,19 @@ def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
     settings = LoopSettings(cfg.steps, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.grad_accum,
                             cfg.grad_clip, cfg.log_interval, cfg.eval_interval, cfg.checkpoint_interval)
     stream = BlockStream(blocks, cfg.batch_size, seed=ctx.seed)
-    result = train_loop(task, stream, settings, ctx.work_dir, ctx.config_sha256, ctx.progress, ctx.log)
-    task.finish()
+    result = train_loop(task, stream, settings, ctx.work_dir, ctx.config_sha256, ctx.progress, ctx.log, dist)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
+    if dist.enabled:
+        model = _finish_distributed(task, artifact, targets, cfg, ctx)
+        if model is None:  # not rank 0: rank 0 writes the artifact
+            return report
+    else:
+        task.finish()
+    report.model = model
     last = result.last
     report.metrics |= {
-        "steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * cfg.grad_accum * cfg.data.block_size,
+        "steps": cfg.steps, "world_size": dist.world_size, "tokens": cfg.steps * cfg.batch_size * cfg.grad_accum * cfg.data.block_size,
         "seconds": round(result.seconds, 1), "resumed_from": result.resumed_from,
         "final_loss": last.get("loss"), "final_kl": last.get("kl"), "final_ce": last.get("ce"),
         "masked_mass_before_prune": last.get("masked_mass"),

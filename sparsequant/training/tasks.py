@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from sparsequant.data.chat import IGNORE_INDEX, split_loss_encoding
+from sparsequant.distributed.context import DistContext
+from sparsequant.distributed.fsdp import like, local
 from sparsequant.sparsity.masks import NMPattern, apply_mask_, nm_mask
 from sparsequant.training.adams import AdamS, masked_weight_fraction
 from sparsequant.training.distill import distillation_loss
@@ -74,11 +76,15 @@ class CastTask:
     masks recomputed every `mask_interval` steps before the update; finish = prune + fold."""
 
     def __init__(self, model: nn.Module, targets: dict[str, nn.Linear], pattern: NMPattern, objective: KDObjective,
-                 heldout: torch.Tensor, steps: int, cfg) -> None:
+                 heldout: torch.Tensor, steps: int, cfg, dist: DistContext | None = None, shard=None) -> None:
+        """`shard(model)` (FSDP2's fully_shard, see training/run.py) runs after the scales are attached
+        and before the optimizer takes the parameters, which sharding replaces by DTensors."""
         self.model, self.targets, self.pattern, self.objective = model, targets, pattern, objective
-        self.heldout, self.steps, self.cfg = heldout, steps, cfg
+        self.heldout, self.steps, self.cfg, self.dist = heldout, steps, cfg, dist or DistContext()
         self.scales = [attach_weight_scales(t, cfg.scale_blocks, pattern.m) for t in targets.values()] \
             if cfg.scale_blocks else []
+        if shard is not None:
+            shard(model)
         self.weights = {name: master_weight(linear) for name, linear in targets.items()}
         sparse_ids = {id(w) for w in self.weights.values()}
         others = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
@@ -99,11 +105,13 @@ class CastTask:
             flipped, total = 0, 0
             old = self.masks()
             for name, weight in self.weights.items():
-                mask = nm_mask(weight.detach().abs(), self.pattern)  # raw |W|: same ranking as A ⊙ W (A > 0 per block)
+                # raw |W| (same ranking as A ⊙ W, A > 0 per block), on the local rows when sharded
+                mask = nm_mask(local(weight).detach().abs(), self.pattern)
                 if name in old:
-                    flipped += int((old[name] != mask).sum())
+                    flipped += int((local(old[name]) != mask).sum())
                     total += mask.numel()
-                self.optimizer.set_mask(weight, mask)
+                self.optimizer.set_mask(weight, like(mask, weight))
+            flipped, total = self.dist.sum([flipped, total])
             self.last_flip = flipped / total if total else 0.0
         return {"alpha": alpha, "flip_rate": self.last_flip}
 
@@ -114,17 +122,18 @@ class CastTask:
         pass
 
     def log_metrics(self) -> dict[str, float]:
-        return {"masked_mass": masked_weight_fraction(self.optimizer.masked_params())}
+        return {"masked_mass": masked_weight_fraction(self.optimizer.masked_params(), self.dist.sum)}
 
     @torch.no_grad()
     def heldout_metrics(self) -> dict[str, float]:
-        """Held-out perplexity of the model as it would be if hard-pruned now (the number that matters)."""
-        backup = {name: w.detach().clone() for name, w in self.weights.items()}
+        """Held-out perplexity of the model as it would be if hard-pruned now (the number that matters).
+        Sharded: every rank prunes its rows and all run the same held-out forward together."""
+        backup = {name: local(w).detach().clone() for name, w in self.weights.items()}
         for name, mask in self.masks().items():
-            apply_mask_(self.weights[name].data, mask)
+            apply_mask_(local(self.weights[name]).data, local(mask))
         nll = heldout_nll(self.model, self.heldout, self.objective.autocast)
         for name, w in self.weights.items():
-            w.data.copy_(backup[name])
+            local(w).data.copy_(backup[name])
         return {"heldout_ppl": perplexity_from_nll(nll)}
 
     def extra_state(self) -> dict[str, torch.Tensor]:
