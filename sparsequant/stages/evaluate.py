@@ -151,7 +151,10 @@ def artifact_size(artifact: Artifact, model) -> dict[str, int]:
     from sparsequant.eval.footprint import files_bytes, model_formats, packed_model_bytes
 
     m = artifact.manifest
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    # An unmerged adapter (lora merge: keep) wraps the model in peft: base weights are named
+    # base_model.model.X.base_layer.weight; the adapter's own matrices count at 16 bits.
+    shapes = {name.removeprefix("base_model.model.").replace(".base_layer.", "."): tuple(p.shape)
+              for name, p in model.named_parameters()}
     quantized = _quantized_layers(artifact)
     targets = m.sparsity.targets if m.sparsity else []
     formats = model_formats(targets, m.sparsity.pattern if m.sparsity else None, m.quantization, quantized)

@@ -138,3 +138,14 @@ def test_sigkill_and_resume_match_an_uninterrupted_run(tmp_path, text_file):
     assert losses(resumed) == pytest.approx(losses(full), abs=1e-5)
     a, b = (read_target_weights(x, x.manifest.sparsity.targets) for x in (resumed, full))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_kept_adapter_size_is_the_packed_base_plus_the_adapter(tmp_path, text_file):
+    evaluate = "  - stage: evaluate\n    config: {text: null}\n"
+    result = run(tmp_path, PRUNE + evaluate + lora("keep", steps=2) + evaluate)
+    base = Artifact.load(result.outcomes[2].path).manifest.metrics["size"]
+    kept = result.final.manifest.metrics["size"]
+    model, _ = result.final.load_model()
+    adapter_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert adapter_params > 0
+    assert kept["packed_bytes"] == base["packed_bytes"] + 2 * adapter_params
