@@ -23,9 +23,22 @@ class LoraTask:
 
     def __init__(self, model: nn.Module, objective: KDObjective, heldout: torch.Tensor, cfg) -> None:
         self.model, self.objective, self.heldout = model, objective, heldout
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
-                                           foreach=True)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, betas=(0.9, 0.999),
+                                           weight_decay=cfg.weight_decay, foreach=True)
+
+    def init_optimizer_state(self) -> None:
+        """AdamW makes its state at the first step; a sharded checkpoint loads into existing state, so
+        take one step with zero gradients and lr 0 (moments stay 0, weights do not move)."""
+        saved = [(g["lr"], g["weight_decay"]) for g in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["lr"], group["weight_decay"] = 0.0, 0.0
+        for p in self.trainable:
+            p.grad = torch.zeros_like(p)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for group, (lr, decay) in zip(self.optimizer.param_groups, saved, strict=True):
+            group["lr"], group["weight_decay"] = lr, decay
 
     def before_step(self, step: int) -> dict[str, float]:
         return {}
@@ -53,6 +66,7 @@ class LoraTask:
 class LoraReport:
     metrics: dict[str, Any]
     extra_files: dict[str, Path] = field(default_factory=dict)
+    model: Any = None  # the trained peft model, unsharded (distributed: on rank 0 only)
 
 
 def training_blocks(cfg, tokenizer, base_dir: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,21 +93,54 @@ def load_teacher(cfg, ctx):
     return teacher.eval().requires_grad_(False)
 
 
-def train_lora(peft_model: nn.Module, tokenizer, cfg, ctx) -> LoraReport:
+def _shard(module: nn.Module, ctx) -> None:
+    from sparsequant.distributed.fsdp import shard_model
+
+    shard_model(module, ctx.dist.world_size, torch.device(ctx.device).type)
+
+
+def _gathered(peft_model: nn.Module, rebuild, dist) -> nn.Module | None:
+    """Rank 0: a fresh unsharded copy (`rebuild()`) holding the trained weights; None elsewhere."""
+    from sparsequant.distributed.fsdp import full_state_dict
+
+    state = full_state_dict(peft_model)  # a collective: every rank
+    if not dist.is_main:
+        return None
+    model = rebuild()
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def train_lora(peft_model: nn.Module, tokenizer, cfg, ctx, rebuild=None) -> LoraReport:
+    """Train the adapters. Under torchrun (ctx.dist) the model is FSDP2-sharded like `cast`, each rank
+    takes its slice of every global batch, and `rebuild` (a fresh unsharded adapted model) receives
+    the gathered weights on rank 0 for the merge."""
+    dist = ctx.dist
+    if dist.enabled and cfg.batch_size % dist.world_size:
+        from sparsequant.errors import StageError
+
+        raise StageError("lora", f"batch_size {cfg.batch_size} is the global batch and must divide by the "
+                         f"{dist.world_size} processes; use a multiple of {dist.world_size}")
     torch.manual_seed(ctx.seed)
     train, heldout = training_blocks(cfg, tokenizer, ctx.base_dir, ctx.seed)
     steps = cfg.total_steps(train.shape[0])
     autocast = torch.bfloat16 if cfg.autocast == "bfloat16" else None
-    objective = KDObjective(load_teacher(cfg, ctx), cfg.distill.eta, cfg.distill.temperature, autocast)
+    teacher = load_teacher(cfg, ctx)
+    if dist.enabled:
+        _shard(peft_model.get_base_model(), ctx)
+        if teacher is not None:
+            _shard(teacher, ctx)
+    objective = KDObjective(teacher, cfg.distill.eta, cfg.distill.temperature, autocast)
     task = LoraTask(peft_model, objective, heldout, cfg)
     before = perplexity_from_nll(heldout_nll(peft_model, heldout, autocast))
     settings = LoopSettings(steps, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.grad_accum,
                             cfg.grad_clip, cfg.log_interval, cfg.eval_interval, cfg.checkpoint_interval)
     result = train_loop(task, BlockStream(train, cfg.batch_size, seed=ctx.seed), settings, ctx.work_dir,
-                        ctx.config_sha256, ctx.progress, ctx.log)
-    metrics = {"steps": steps, "tokens": steps * cfg.batch_size * cfg.grad_accum * cfg.data.block_size,
+                        ctx.config_sha256, ctx.progress, ctx.log, dist)
+    metrics = {"steps": steps, "world_size": dist.world_size, "tokens": steps * cfg.batch_size * cfg.grad_accum * cfg.data.block_size,
                "train_blocks": int(train.shape[0]), "seconds": round(result.seconds, 1),
                "resumed_from": result.resumed_from, "final_loss": result.last.get("loss"),
                "heldout_ppl_before": before,
                "heldout_ppl_adapter": perplexity_from_nll(heldout_nll(peft_model, heldout, autocast))}
-    return LoraReport(metrics, {METRICS_FILE: ctx.work_dir / METRICS_FILE})
+    model = _gathered(peft_model, rebuild, dist) if dist.enabled else peft_model
+    return LoraReport(metrics, {METRICS_FILE: ctx.work_dir / METRICS_FILE}, model)

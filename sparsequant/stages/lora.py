@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -73,6 +74,18 @@ class LoraStageConfig(StageConfig):
         return max(1, math.ceil(self.epochs * train_blocks / (self.batch_size * self.grad_accum)))
 
 
+@dataclass
+class Adapted:
+    """The input model wrapped for masked LoRA, and what its merge needs."""
+
+    peft_model: Any
+    tokenizer: Any
+    targets: dict[str, Any]  # LoRA target Linears by name
+    masks: dict[str, Any]  # N:M keep-masks of the sparse layers
+    grids: dict[str, Any] | None  # the parent's quantization grids when training through them
+    spec: Any = None  # their GridSpec
+
+
 class LoraStage:
     """Fine-tune with LoRA whose update is masked by each layer's N:M pattern, then merge exactly.
 
@@ -94,6 +107,7 @@ class LoraStage:
     Config = LoraStageConfig
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
+    distributed: ClassVar[bool] = True  # under torchrun every rank trains (FSDP2); rank 0 merges and writes
 
     def __init__(self, config: LoraStageConfig):
         self.config = config
@@ -117,29 +131,51 @@ class LoraStage:
     def _quant_aware(self, mode: str) -> bool:
         return mode == "requantize" and self.config.quant_aware is not False
 
-    def run(self, artifact, ctx: StageContext):
+    def _adapted_model(self, artifact, ctx: StageContext, quant_aware: bool) -> Adapted:
         import torch
 
         from sparsequant.lora.masked import masked_lora_config, set_update_grids, set_update_masks, wrap_masked_lora
-        from sparsequant.lora.train import train_lora
         from sparsequant.sparsity.targets import select_linears
 
-        started, cfg = time.time(), self.config
-        mode = self._merge_mode(artifact)
+        cfg = self.config
         model, tokenizer = artifact.load_model(ctx.device, dtype=torch.float32, trust_remote_code=ctx.trust_remote_code)
         targets = select_linears(model, cfg.include, cfg.exclude)
         if not targets:
             raise StageError(self.name, f"no Linear layer matches include={cfg.include} exclude={cfg.exclude}")
         masks = artifact.sparsity_masks(model)
+        # lora_A is drawn from the global RNG: seed it here, so the adapter's start depends on the
+        # pipeline seed only (not on which stages ran before in this process) and is the same on every rank.
+        torch.manual_seed(ctx.seed)
         peft_model = wrap_masked_lora(model, masked_lora_config(cfg.rank, cfg.alpha, cfg.dropout, sorted(targets)))
         set_update_masks(peft_model, masks)
-        quant_aware = self._quant_aware(mode)
+        grids, spec = self._parent_grids(artifact) if quant_aware else (None, None)
         if quant_aware:
-            grids, spec = self._parent_grids(artifact)
             set_update_grids(peft_model, grids, spec)
-        report = train_lora(peft_model, tokenizer, cfg, ctx)
+        return Adapted(peft_model, tokenizer, targets, masks, grids, spec)
+
+    def run(self, artifact, ctx: StageContext):
+        from sparsequant.artifact import Artifact
+        from sparsequant.lora.train import train_lora
+
+        started, cfg = time.time(), self.config
+        mode = self._merge_mode(artifact)
+        quant_aware = self._quant_aware(mode)
+        adapted = self._adapted_model(artifact, ctx, quant_aware)
+        report = train_lora(adapted.peft_model, adapted.tokenizer, cfg, ctx,
+                            rebuild=lambda: self._adapted_model(artifact, ctx, quant_aware).peft_model)
+        if report.model is None:  # a distributed run's other ranks: rank 0 merges and writes
+            ctx.dist.barrier()
+            return Artifact.load(ctx.out_dir)
+        try:
+            return self._finish(artifact, ctx, report, mode, quant_aware, adapted, started)
+        finally:
+            ctx.dist.barrier()
+
+    def _finish(self, artifact, ctx, report, mode: str, quant_aware: bool, adapted: Adapted, started: float):
+        """Merge (exactly), re-quantize or keep the adapter, and write the artifact."""
+        cfg, peft_model, tokenizer = self.config, report.model, adapted.tokenizer
         metrics: dict[str, Any] = {**report.metrics, "merge": mode, "quant_aware": quant_aware, "rank": cfg.rank,
-                                   "targets": len(targets)}
+                                   "targets": len(adapted.targets)}
         extra, sections = dict(report.extra_files), {}
         if mode == "keep":
             extra |= self._saved_adapter(peft_model, ctx)
@@ -150,11 +186,12 @@ class LoraStage:
         else:
             model = peft_model.merge_and_unload()
             if quant_aware:
-                sections["quantization"], extra_q = self._snap_to_parent_grids(artifact, model, grids, spec)
+                sections["quantization"], extra_q = self._snap_to_parent_grids(artifact, model, adapted.grids,
+                                                                              adapted.spec)
                 extra |= extra_q
             elif mode == "requantize":
-                sections["quantization"], extra_q, metrics["requantize_s"] = self._requantize(artifact, model, tokenizer,
-                                                                                             masks, ctx)
+                sections["quantization"], extra_q, metrics["requantize_s"] = self._requantize(
+                    artifact, model, tokenizer, adapted.masks, ctx)
                 extra |= extra_q
         metrics |= {"seconds": round(time.time() - started, 2), "peak_rss_mb": peak_rss_mb()}
         sparsity = reverified_sparsity(self.name, artifact, model)

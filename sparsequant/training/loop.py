@@ -40,6 +40,7 @@ class TrainTask(Protocol):
     def heldout_metrics(self) -> dict[str, float]: ...
     def extra_state(self) -> dict[str, torch.Tensor]: ...
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None: ...
+    def init_optimizer_state(self) -> None: ...  # distributed resume only: create the optimizer state now
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,7 @@ def _resume(task: TrainTask, stream: BlockStream, work_dir: Path, sha: str, dist
 def _resume_sharded(task: TrainTask, stream: BlockStream, work_dir: Path, sha: str, dist: DistContext) -> int | None:
     from sparsequant.distributed.checkpoint import load_sharded, rng_from_json
 
-    task.optimizer.init_state()  # DCP loads into existing tensors: moments now, masks from a first refresh
-    task.before_step(0)
+    task.init_optimizer_state()  # DCP loads into existing tensors
     meta = load_sharded(work_dir, sha, task.model, task.optimizer)
     if meta is None:
         task.optimizer.state.clear()  # a fresh run starts from lazily created, untouched state

@@ -136,6 +136,11 @@ class CastTask:
             local(w).data.copy_(backup[name])
         return {"heldout_ppl": perplexity_from_nll(nll)}
 
+    def init_optimizer_state(self) -> None:
+        """Moments now instead of lazily, masks from a first refresh: a sharded checkpoint loads into them."""
+        self.optimizer.init_state()
+        self.before_step(0)
+
     def extra_state(self) -> dict[str, torch.Tensor]:
         # Masks live in the optimizer state and scales in the model state; only the log value is ours.
         return {"last_flip": torch.tensor(self.last_flip, dtype=torch.float64)}

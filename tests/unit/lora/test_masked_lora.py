@@ -145,3 +145,22 @@ def test_chat_encoding_marks_only_assistant_answers():
     assert blocks.shape[1] == 16 and (blocks < 0).any() and (blocks >= 0).any()
     with pytest.raises(ConfigError, match="less than one block"):
         chat_blocks(tokenizer, [messages], block_size=4096)
+
+
+def test_optimizer_state_made_early_moves_nothing():
+    """Distributed resume loads a checkpoint into existing AdamW state: creating it must not move a weight."""
+    from types import SimpleNamespace
+
+    from sparsequant.lora.train import LoraTask
+
+    model, targets, masks = sparse_tiny()
+    peft_model = wrap_masked_lora(model, masked_lora_config(4, 8.0, 0.0, sorted(targets)))
+    randomise_adapters(peft_model)
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
+    task = LoraTask(peft_model, None, torch.zeros(1, 4, dtype=torch.long),
+                    SimpleNamespace(lr=1e-2, weight_decay=0.1))
+    task.init_optimizer_state()
+    assert all(torch.equal(p, before[n]) for n, p in peft_model.named_parameters())
+    assert len(task.optimizer.state) == len(task.trainable) > 0
+    assert all(p.grad is None for p in task.trainable)
+    assert [g["lr"] for g in task.optimizer.param_groups] == [1e-2] and task.optimizer.param_groups[0]["weight_decay"] == 0.1
