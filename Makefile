@@ -1,4 +1,4 @@
-# `make quickstart`: create .venv, install pinned deps, fetch SmolLM2, run pipelines/quickstart.yaml.
+# `make quickstart`: create .venv, install pinned deps, fetch SmolLM2, run pipelines/quickstart.yaml, report it.
 # `make test`: the same set-up, then the default test run (what .ci/run calls).
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,6 +21,7 @@ model: $(VENV)/.installed
 
 quickstart: setup
 	$(SQ) run pipelines/quickstart.yaml
+	$(SQ) report runs/quickstart --out runs/quickstart/report
 
 smoke: $(VENV)/.installed
 	$(SQ) run pipelines/smoke.yaml

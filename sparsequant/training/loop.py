@@ -129,7 +129,8 @@ def _micro_steps(task: TrainTask, stream: BlockStream, grad_accum: int, step: in
     for _ in range(grad_accum):
         loss, parts = task.loss(dist.local_batch(next(stream)))
         if dist.sum([float(not torch.isfinite(loss))])[0]:  # every rank stops together
-            raise StageError("training", f"the loss became non-finite at step {step}; the last good checkpoint "
+            value = loss.item() if not torch.isfinite(loss) else "non-finite on another rank"
+            raise StageError("training", f"the loss became {value} at step {step}; the last good checkpoint "
                              "is kept. Lower the learning rate (or λ) and re-run: it resumes from that checkpoint.")
         (loss / grad_accum).backward()
         for key, value in {"loss": float(loss.detach()), **parts}.items():

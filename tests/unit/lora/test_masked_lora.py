@@ -34,18 +34,22 @@ def randomise_adapters(peft_model):
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
 
 
+@torch.no_grad()
+def merge_matches_unmerged(peft_model):
+    """Merge the adapters after checking the merged logits equal the unmerged ones; returns the merged model."""
+    tokens = torch.randint(0, 256, (2, 16))
+    unmerged = peft_model(input_ids=tokens).logits
+    merged_model = peft_model.merge_and_unload()
+    torch.testing.assert_close(merged_model(input_ids=tokens).logits, unmerged, atol=1e-5, rtol=0)
+    return merged_model
+
+
 def test_merge_is_exact_nm_and_equals_the_unmerged_model():
     model, targets, masks = sparse_tiny()
     peft_model = wrap_masked_lora(model, masked_lora_config(4, 8.0, 0.0, sorted(targets)))
     assert set_update_masks(peft_model, masks) == 14
     randomise_adapters(peft_model)
-    tokens = torch.randint(0, 256, (2, 16))
-    with torch.no_grad():
-        unmerged = peft_model(input_ids=tokens).logits
-    merged_model = peft_model.merge_and_unload()
-    with torch.no_grad():
-        merged = merged_model(input_ids=tokens).logits
-    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
+    merged_model = merge_matches_unmerged(peft_model)
     for name, linear in targets.items():
         weight = merged_model.get_submodule(name).weight
         assert is_nm(weight, P24) and torch.equal(weight != 0, masks[name] & (weight != 0))
@@ -66,13 +70,7 @@ def test_quant_aware_merge_is_on_grid_nm_and_equals_the_trained_forward():
     set_update_masks(peft_model, masks)
     assert set_update_grids(peft_model, grids, spec) == 14
     randomise_adapters(peft_model)  # big enough to move many weights to other codes
-    tokens = torch.randint(0, 256, (2, 16))
-    with torch.no_grad():
-        unmerged = peft_model(input_ids=tokens).logits
-    merged_model = peft_model.merge_and_unload()
-    with torch.no_grad():
-        merged = merged_model(input_ids=tokens).logits
-    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
+    merged_model = merge_matches_unmerged(peft_model)
     moved = 0
     for name, grid in grids.items():
         weight = merged_model.get_submodule(name).weight.detach()
