@@ -30,8 +30,8 @@ from sparsequant.verify import verify_artifact
 BASE = REPO / "runs/bench_export/sources/02_gptq"
 
 
-def lora_stage(merge: str, steps: int, quant_aware: bool | None = None) -> dict:
-    return {"stage": "lora", "config": {"rank": 16, "alpha": 32, "steps": steps, "batch_size": 4, "lr": 2.0e-4,
+def lora_stage(merge: str, steps: int, quant_aware: bool | None = None, lr: float = 2.0e-4) -> dict:
+    return {"stage": "lora", "config": {"rank": 16, "alpha": 32, "steps": steps, "batch_size": 4, "lr": lr,
                                         "data": {"source": "builtin", "block_size": 256}, "merge": merge,
                                         "quant_aware": quant_aware,
                                         "checkpoint_interval": 8,
@@ -56,18 +56,23 @@ def run(name: str, first: dict | None, out: Path, wiki_windows: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2.0e-4)
+    parser.add_argument("--runs", nargs="*", default=["keep", "requantize_gptq", "quant_aware"],
+                        choices=["keep", "requantize_gptq", "quant_aware"])
     parser.add_argument("--wiki-windows", type=int, default=128)
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "bench_lora"))
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "lora.json"))
     args = parser.parse_args()
     out = Path(args.out_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    rows = [run("before_lora", None, out, args.wiki_windows),
-            run("lora_keep", lora_stage("keep", args.steps), out, args.wiki_windows),
-            run("lora_requantize_gptq", lora_stage("requantize", args.steps, False), out, args.wiki_windows),
-            run("lora_quant_aware", lora_stage("requantize", args.steps, True), out, args.wiki_windows)]
+    stages = {"keep": lora_stage("keep", args.steps, None, args.lr),
+              "requantize_gptq": lora_stage("requantize", args.steps, False, args.lr),
+              "quant_aware": lora_stage("requantize", args.steps, True, args.lr)}
+    suffix = "" if args.lr == 2.0e-4 else f"_lr{args.lr:g}"
+    rows = [run("before_lora", None, out, args.wiki_windows)]
+    rows += [run(f"lora_{name}{suffix}", stages[name], out, args.wiki_windows) for name in args.runs]
     Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "base": str(BASE.relative_to(REPO)),
-                                           "steps": args.steps, "rows": rows}, indent=2) + "\n")
+                                           "steps": args.steps, "lr": args.lr, "rows": rows}, indent=2) + "\n")
     for r in rows:
         print(f"| {r['name']} | " + " | ".join(f"{k}={v:.2f}" for k, v in sorted(r["perplexity"].items()))
               + f" | {r['zero_fraction']:.4f} | {r['verify_ok']} | {r.get('lora', {}).get('seconds', '')} |")
