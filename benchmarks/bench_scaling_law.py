@@ -2,9 +2,12 @@
 first part of one CAST run's held-out perplexities and predict the later points.
 
 Usage: .venv/bin/python benchmarks/bench_scaling_law.py [--steps 160] [--fit-fraction 0.6]
-One CAST 2:4 run (built-in corpus, 2 × 128 tokens per step, the quickstart's hyper-parameters) with
-a held-out perplexity of the hard-pruned model every 10 steps; then `sparsequant scaling-law` on it.
-Results: benchmarks/results/scaling_law.json and benchmarks/scaling_law.png.
+       .venv/bin/python benchmarks/bench_scaling_law.py --budgets 16 32 64 128 256 --fit-fraction 0.8
+Within one run (default): one CAST 2:4 run (built-in corpus, 2 × 128 tokens per step, the quickstart's
+hyper-parameters) with a held-out perplexity of the hard-pruned model every 10 steps.
+Across runs (--budgets, the paper's protocol): one CAST run per step count, each finishing its own
+schedule, one point each (its final held-out perplexity). Then `sparsequant scaling-law` on them.
+Results: benchmarks/results/scaling_law[_budgets].json and benchmarks/scaling_law[_budgets].png.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from sparsequant.registry import Registry
 from sparsequant.report.scaling import scaling_law
 
 
-def cast_run(out: Path, steps: int) -> Path:
+def cast_run(out: Path, steps: int, eval_interval: int = 10) -> Path:
     stage = {"stage": "cast", "config": {
         "method": "cast", "sparsity": {"pattern": "2:4", "include": ["model.layers.*"], "exclude": ["lm_head"]},
         "data": {"source": "builtin", "block_size": 128}, "steps": steps, "batch_size": 2, "lr": 5.0e-4,
-        "lam": 1.0e-3, "alpha_ramp": 0.5, "eval_interval": 10, "eval_blocks": 8, "checkpoint_interval": 40}}
+        "lam": 1.0e-3, "alpha_ramp": 0.5, "eval_interval": eval_interval, "eval_blocks": 8,
+        "checkpoint_interval": 40}}
     data = {"version": 1, "input": "smollm2-135m", "output_dir": str(out), "stages": [stage]}
     registry = Registry.default()
     run_pipeline(validate_pipeline_data(data, {}, REPO / "benchmarks" / "scaling.yaml", registry), registry)
@@ -38,13 +42,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=160)
     parser.add_argument("--fit-fraction", type=float, default=0.6)
+    parser.add_argument("--budgets", type=int, nargs="*", help="step counts of separate runs (one point each)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    run_dir = cast_run(REPO / "runs" / "bench_scaling_law", args.steps)
-    result = scaling_law([run_dir], REPO / "benchmarks", target=None, fit_fraction=args.fit_fraction)
-    result |= {"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "tokens_per_step": 256,
-               "plot": "benchmarks/scaling_law.png"}
-    (REPO / "benchmarks" / "results" / "scaling_law.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.budgets:
+        root = REPO / "runs" / "bench_scaling_law_budgets"
+        run_dirs = [cast_run(root / f"steps_{steps:04d}", steps, eval_interval=steps) for steps in args.budgets]
+        name = "scaling_law_budgets"
+    else:
+        run_dirs, name = [cast_run(REPO / "runs" / "bench_scaling_law", args.steps)], "scaling_law"
+    plots = REPO / "benchmarks" / "results" / name
+    result = scaling_law(run_dirs, plots, target=None, fit_fraction=args.fit_fraction, final_only=bool(args.budgets))
+    result |= {"date": time.strftime("%Y-%m-%d"), "steps": args.budgets or args.steps, "tokens_per_step": 256}
+    (REPO / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("fit", "holdout")}, indent=2))
 
 
