@@ -55,7 +55,7 @@ def _static_grids(weight: torch.Tensor, spec: GridSpec, group_size: int) -> tupl
 @torch.no_grad()
 def gptq_quantize_(weight: torch.Tensor, hessian: torch.Tensor, spec: GridSpec, *, group_size: int | None = None,
                    mask: torch.Tensor | None = None, act_order: bool = False, dampening: float = 0.01,
-                   block_size: int = 128) -> QuantizedLayer:
+                   block_size: int = 128, grid: QuantizedLayer | None = None) -> QuantizedLayer:
     """Quantize `weight` (O, I) in place onto per-row or per-group grids with GPTQ.
 
     Args:
@@ -67,6 +67,9 @@ def gptq_quantize_(weight: torch.Tensor, hessian: torch.Tensor, spec: GridSpec, 
         act_order: visit columns by decreasing diag(H) (groups then fitted up front).
         dampening: relative diagonal dampening of H.
         block_size: lazy-update block; rounded up to a multiple of group_size.
+        grid: quantize onto this existing grid ((O, G) scale/zero of contiguous groups) instead of
+            fitting one: re-quantizing a slightly changed layer (a LoRA merge) onto its old grid
+            keeps every other weight's code, and the error feedback carries the change.
 
     Returns:
         The layer's grid (QuantizedLayer).
@@ -81,8 +84,10 @@ def gptq_quantize_(weight: torch.Tensor, hessian: torch.Tensor, spec: GridSpec, 
     factor, dead = damped_inverse_factor(h, dampening)
     work = work[:, perm]
     work[:, dead] = 0.0
-    dynamic = group_size is not None and not act_order
-    if dynamic:
+    dynamic = group_size is not None and not act_order and grid is None
+    if grid is not None:
+        scale, zero = grid.scale.detach().float().cpu().clone(), grid.zero.detach().float().cpu().clone()
+    elif dynamic:
         scale, zero = torch.ones(rows, groups), torch.zeros(rows, groups)
     elif group_size is None:
         scale, zero = (t.unsqueeze(1) for t in fit_grid(work, spec))

@@ -35,8 +35,9 @@ class GPTQSettings:
 @torch.no_grad()
 def gptq_model_(model: nn.Module, targets: dict[str, nn.Linear], masks: dict[str, torch.Tensor],
                 settings: GPTQSettings, tokens: torch.Tensor, *, stage: str, batch_size: int = 4,
-                progress: bool = True) -> dict[str, QuantizedLayer]:
-    """Quantize every target in place (fp32 weights) with calibration `tokens` (N, T); `masks` stay exact."""
+                progress: bool = True, grids_in: dict[str, QuantizedLayer] | None = None) -> dict[str, QuantizedLayer]:
+    """Quantize every target in place (fp32 weights) with calibration `tokens` (N, T); `masks` stay exact.
+    `grids_in` fixes the grid of the named layers (re-quantization onto the grids they already had)."""
     grids: dict[str, QuantizedLayer] = {}
 
     def process(_index, linears, stats) -> dict[str, Any]:
@@ -44,7 +45,7 @@ def gptq_model_(model: nn.Module, targets: dict[str, nn.Linear], masks: dict[str
             grids[name] = gptq_quantize_(linear.weight.data, stats[name].hessian(), settings.spec,
                                          group_size=settings.group_size, mask=masks.get(name),
                                          act_order=settings.act_order, dampening=settings.dampening,
-                                         block_size=settings.block_size)
+                                         block_size=settings.block_size, grid=(grids_in or {}).get(name))
         return {}
 
     run_layerwise(model, tokens, targets, process, stage=stage, full_hessian=True, batch_size=batch_size,

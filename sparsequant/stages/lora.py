@@ -55,6 +55,9 @@ class LoraStageConfig(StageConfig):
     # exactly, or train in float and re-run GPTQ on the merged weights (False; loses most of the gain)
     quant_aware: bool | None = None
     requantize_calibration: CalibrationConfig = CalibrationConfig(num_samples=16)
+    # quant_aware: false: GPTQ of the merge onto the parent's own grids (error feedback carries the
+    # update) or onto grids fitted again to the merged weights (the older behaviour, loses more)
+    requantize_grids: Literal["parent", "refit"] = "parent"
     log_interval: int = Field(10, ge=1)
     eval_interval: int | None = Field(None, ge=1)
     eval_blocks: int = Field(8, ge=1)
@@ -231,7 +234,8 @@ class LoraStage:
         return {**section, "lora_merge": "quant_aware"}, {file_name: artifact.path / file_name}
 
     def _requantize(self, artifact, model, tokenizer, masks, ctx: StageContext):
-        """Mask-preserving GPTQ of the merged layers with the parent's grid settings -> (section, files, seconds)."""
+        """Mask-preserving GPTQ of the merged layers, onto the parent's grids (or refitted ones with the
+        parent's settings) -> (section, files, seconds)."""
         from sparsequant.oneshot.calibration import calibration_tokens
         from sparsequant.quant.model import GPTQSettings, gptq_model_
         from sparsequant.quant.storage import FILE_NAME, load_grids, save_grids
@@ -243,9 +247,11 @@ class LoraStage:
         targets = {name: modules[name] for name in old_grids}
         settings = GPTQSettings.from_manifest(section)
         tokens = calibration_tokens(self.config.requantize_calibration, tokenizer, ctx.base_dir, ctx.seed)
-        grids = gptq_model_(model, targets, {n: masks[n] for n in targets if n in masks}, settings, tokens, stage=self.name,
-                            batch_size=self.config.requantize_calibration.batch_size, progress=ctx.progress)
+        fixed = old_grids if self.config.requantize_grids == "parent" else None
+        grids = gptq_model_(model, targets, {n: masks[n] for n in targets if n in masks}, settings, tokens,
+                            stage=self.name, batch_size=self.config.requantize_calibration.batch_size,
+                            progress=ctx.progress, grids_in=fixed)
         grid_file = ctx.work_dir / FILE_NAME
         save_grids(grid_file, grids, settings.spec, settings.group_size)
-        new_section = {**section, "lora_merge": "requantize"}
+        new_section = {**section, "lora_merge": "requantize", "requantize_grids": self.config.requantize_grids}
         return new_section, {FILE_NAME: grid_file}, round(time.time() - started, 2)

@@ -80,3 +80,27 @@ def test_group_size_errors_name_the_layers_and_a_size_that_fits():
     message = group_size_problems({"model.layers.0.self_attn.q_proj": 576, "model.layers.0.mlp.down_proj": 1536}, 128)
     assert "q_proj (in_features 576)" in message and "use group_size 64 or 32" in message
     assert group_size_problems({"a": 576}, 64) is None and group_size_problems({"a": 576}, None) is None
+
+
+def test_fixed_grid_keeps_the_grid_and_an_unchanged_layer():
+    """Re-quantizing onto a layer's own grid: an on-grid layer comes back bit-identical; a nudged one
+    lands on the same grid again (scales and zeros untouched), and the mask stays exact."""
+    from sparsequant.sparsity.masks import NMPattern, apply_mask_, is_nm, nm_mask
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 32)
+    hessian = 2 * x.T @ x / 256
+    weight = torch.randn(8, 32)
+    mask = nm_mask(weight.abs(), NMPattern(2, 4))
+    apply_mask_(weight, mask)
+    spec = GridSpec(4, symmetric=False)
+    grid = gptq_quantize_(weight, hessian, spec, group_size=16, mask=mask)
+    again = weight.clone()
+    gptq_quantize_(again, hessian, spec, group_size=16, mask=mask, grid=grid)
+    assert torch.equal(again, weight)
+    nudged = weight + 0.3 * grid.scale[:, grid.g_idx.long()] * torch.randn(8, 32) * mask
+    out = gptq_quantize_(nudged, hessian, spec, group_size=16, mask=mask, grid=grid)
+    assert torch.equal(out.scale, grid.scale) and torch.equal(out.zero, grid.zero)
+    assert off_grid_count(nudged, grid.scale, grid.zero, grid.g_idx, spec) == 0
+    assert is_nm(nudged, NMPattern(2, 4)) and not nudged[~mask].any()
+    assert (nudged != weight).any()  # the nudge moved some codes: the checks above see a real change

@@ -69,6 +69,13 @@ def test_quantized_base_stays_on_grid_and_nm(tmp_path, text_file, merge, extra, 
     assert grid_failures(final) == ([], 14)
     assert final.manifest.metrics["lora"]["merge"] == ("keep" if merge == "keep" else "requantize")
     assert final.manifest.quantization.get("lora_merge") == recorded
+    if recorded == "requantize":  # GPTQ of the merge onto the parent's own grids (requantize_grids: parent)
+        from sparsequant.quant.storage import load_grids
+
+        new_grids, _, _ = load_grids(final.path / "quantization.safetensors")
+        old_grids, _, _ = load_grids(tmp_path / "run" / "02_gptq" / "quantization.safetensors")
+        assert all(torch.equal(new_grids[k].scale, old_grids[k].scale) and
+                   torch.equal(new_grids[k].zero, old_grids[k].zero) for k in old_grids)
 
 
 def test_quant_aware_merge_keeps_the_parent_grids_and_the_trained_model(tmp_path, text_file):
