@@ -51,13 +51,13 @@ class LoraStageConfig(StageConfig):
     autocast: Literal["bfloat16", "float32"] = "bfloat16"
     distill: LoraDistill = LoraDistill()
     merge: Literal["merge", "requantize", "keep"] | None = None  # None: requantize if quantized, else merge
-    # requantize: train through the parent's fixed grids (True, the default) so the merge lands on them
-    # exactly, or train in float and re-run GPTQ on the merged weights (False; loses most of the gain)
-    quant_aware: bool | None = None
+    # requantize: train in float, merge, re-run mask-preserving GPTQ (False, the default), or train through
+    # the parent's fixed grids so the merge lands on them exactly (True; needs many steps, benchmarks §6)
+    quant_aware: bool = False
     requantize_calibration: CalibrationConfig = CalibrationConfig(num_samples=16)
-    # quant_aware: false: GPTQ of the merge onto the parent's own grids (error feedback carries the
-    # update) or onto grids fitted again to the merged weights (the older behaviour, loses more)
-    requantize_grids: Literal["parent", "refit"] = "parent"
+    # GPTQ of the merge onto grids fitted again with the parent's settings (refit, better in benchmarks §6)
+    # or onto the parent's own grids (parent)
+    requantize_grids: Literal["refit", "parent"] = "refit"
     log_interval: int = Field(10, ge=1)
     eval_interval: int | None = Field(None, ge=1)
     eval_blocks: int = Field(8, ge=1)
@@ -93,11 +93,12 @@ class LoraStage:
     """Fine-tune with LoRA whose update is masked by each layer's N:M pattern, then merge exactly.
 
     merge: `merge` adds (B·A·s) ⊙ M into W (exact N:M); `requantize` (the default on a `gptq` artifact)
-    puts the merged weights back on a grid: with `quant_aware` (default) LoRA trains through the
-    parent's fixed grids (straight-through rounding) and the merge is Q(W + ΔW ⊙ M) on those same
-    grids, exactly the trained model; with `quant_aware: false` it trains in float and re-runs
-    mask-preserving GPTQ on the merge. `keep` stores the adapter unmerged in `adapter/` (peft format)
-    on top of the unchanged base.
+    puts the merged weights back on a grid: by default LoRA trains in float and mask-preserving GPTQ
+    runs again on the merge (grids refitted with the parent's settings, or the parent's own with
+    `requantize_grids: parent`); with `quant_aware: true` LoRA trains through the parent's fixed grids
+    (straight-through rounding) and the merge is Q(W + ΔW ⊙ M) on those same grids, exactly the
+    trained model. `keep` stores the adapter unmerged in `adapter/` (peft format) on top of the
+    unchanged base.
 
     Example YAML:  - stage: lora
                      config: {rank: 16, alpha: 32, steps: 200, data: {source: chat.jsonl}, format: chat}
@@ -132,7 +133,7 @@ class LoraStage:
         return mode
 
     def _quant_aware(self, mode: str) -> bool:
-        return mode == "requantize" and self.config.quant_aware is not False
+        return mode == "requantize" and self.config.quant_aware
 
     def _adapted_model(self, artifact, ctx: StageContext, quant_aware: bool) -> Adapted:
         import torch

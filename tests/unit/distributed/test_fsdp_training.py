@@ -163,6 +163,7 @@ stages:
     config: {bits: 4, group_size: 32, calibration: {data: {source: text.txt, block_size: 32}, num_samples: 4}}
   - stage: lora
     config: {rank: 4, steps: 6, lr: 1.0e-2, batch_size: 4, autocast: float32, dropout: 0.0, log_interval: 1,
+             quant_aware: true,
              data: {source: text.txt, block_size: 32}, checkpoint_interval: 3}
 """
 

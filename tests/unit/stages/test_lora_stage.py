@@ -59,8 +59,9 @@ def test_merge_is_exact_nm_and_equals_the_kept_adapter(tmp_path, text_file):
     assert merged.manifest.metrics["lora"]["merge"] == "merge" and kept.manifest.metrics["lora"]["merge"] == "keep"
 
 
-@pytest.mark.parametrize(("merge", "extra", "recorded"), [("null", "", "quant_aware"),
-                                                         ("requantize", ", quant_aware: false", "requantize"),
+@pytest.mark.parametrize(("merge", "extra", "recorded"), [("null", "", "requantize"),
+                                                         ("requantize", ", requantize_grids: parent", "requantize"),
+                                                         ("requantize", ", quant_aware: true", "quant_aware"),
                                                          ("keep", "", None)])
 def test_quantized_base_stays_on_grid_and_nm(tmp_path, text_file, merge, extra, recorded):
     final = run(tmp_path, PRUNE + GPTQ + lora(merge, extra=extra)).final
@@ -69,7 +70,7 @@ def test_quantized_base_stays_on_grid_and_nm(tmp_path, text_file, merge, extra, 
     assert grid_failures(final) == ([], 14)
     assert final.manifest.metrics["lora"]["merge"] == ("keep" if merge == "keep" else "requantize")
     assert final.manifest.quantization.get("lora_merge") == recorded
-    if recorded == "requantize":  # GPTQ of the merge onto the parent's own grids (requantize_grids: parent)
+    if "parent" in extra:  # GPTQ of the merge onto the parent's own grids
         from sparsequant.quant.storage import load_grids
 
         new_grids, _, _ = load_grids(final.path / "quantization.safetensors")
@@ -81,7 +82,7 @@ def test_quantized_base_stays_on_grid_and_nm(tmp_path, text_file, merge, extra, 
 def test_quant_aware_merge_keeps_the_parent_grids_and_the_trained_model(tmp_path, text_file):
     """quant_aware: the grids file is the parent's, byte for byte, and the merge moved weights to other
     codes on it (merged == trained forward is checked layer by layer in test_masked_lora.py)."""
-    result = run(tmp_path, PRUNE + GPTQ + lora(steps=6))
+    result = run(tmp_path, PRUNE + GPTQ + lora(steps=6, extra=", quant_aware: true"))
     final, parent = result.final, Artifact.load(result.outcomes[-2].path)
     name = "quantization.safetensors"
     assert (final.path / name).read_bytes() == (parent.path / name).read_bytes()
