@@ -30,7 +30,7 @@ from sparsequant.verify import verify_artifact
 BASE = REPO / "runs/bench_export/sources/02_gptq"
 
 
-def lora_stage(merge: str, steps: int, quant_aware: bool | None = None, lr: float = 2.0e-4) -> dict:
+def lora_stage(merge: str, steps: int, quant_aware: bool = False, lr: float = 2.0e-4) -> dict:
     return {"stage": "lora", "config": {"rank": 16, "alpha": 32, "steps": steps, "batch_size": 4, "lr": lr,
                                         "data": {"source": "builtin", "block_size": 256}, "merge": merge,
                                         "quant_aware": quant_aware,
@@ -65,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    stages = {"keep": lora_stage("keep", args.steps, None, args.lr),
+    stages = {"keep": lora_stage("keep", args.steps, False, args.lr),
               "requantize_gptq": lora_stage("requantize", args.steps, False, args.lr),
               "quant_aware": lora_stage("requantize", args.steps, True, args.lr)}
     suffix = "" if args.lr == 2.0e-4 else f"_lr{args.lr:g}"
