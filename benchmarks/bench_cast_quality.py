@@ -32,6 +32,10 @@ METHODS = {
     # both methods: at budgets this CPU allows, the paper's lr cannot move masked weights to zero.
     "masked_kd_lr5e-4": {"method": "masked_kd", "lr": 5.0e-4},
     "cast_lr5e-4": {"method": "cast", "lr": 5.0e-4, "lam": 1.0e-3, "alpha_ramp": 0.5},
+    # cast-notes §7: a masked weight travels at most ~Σ lr_t·α_t, so at a fixed token budget CAST wants
+    # many small steps (batch 1 × 256 = 4× the steps of 4 × 256); masked KD is run at both batches.
+    "cast_lr5e-4_b1": {"method": "cast", "lr": 5.0e-4, "lam": 1.0e-3, "alpha_ramp": 0.5, "batch_size": 1},
+    "masked_kd_lr5e-4_b1": {"method": "masked_kd", "lr": 5.0e-4, "batch_size": 1},
 }
 SWEEP = {
     "cast_paper": METHODS["cast"],
@@ -64,9 +68,10 @@ def run_one(name: str, first_stage: dict | None, out_dir: Path, wiki_windows: in
 
 
 def cast_stage(settings: dict, tokens: int) -> dict:
-    steps = max(1, tokens // (BATCH * BLOCK))
-    config = {**settings, "steps": steps, "batch_size": BATCH, "data": {"source": "builtin", "block_size": BLOCK},
-              "eval_interval": max(steps // 4, 1), "eval_blocks": 8, "checkpoint_interval": 25}
+    batch = settings.get("batch_size", BATCH)
+    steps = max(1, tokens // (batch * BLOCK))
+    config = {**settings, "steps": steps, "batch_size": batch, "data": {"source": "builtin", "block_size": BLOCK},
+              "eval_interval": max(steps // 4, 1), "eval_blocks": 8, "checkpoint_interval": max(25, steps // 8)}
     return {"stage": "cast", "config": config}
 
 
