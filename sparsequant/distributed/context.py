@@ -46,6 +46,14 @@ class DistContext:
         keys = sorted(values)
         return dict(zip(keys, (v / self.world_size for v in self.sum([values[k] for k in keys])), strict=True))
 
+    def check_global_batch(self, stage: str, batch_size: int) -> None:
+        """`batch_size` is the global batch: refuse one that does not split evenly over the ranks."""
+        if batch_size % self.world_size:
+            from sparsequant.errors import StageError
+
+            raise StageError(stage, f"batch_size {batch_size} is the global batch and must divide by the "
+                             f"{self.world_size} processes; use a multiple of {self.world_size}")
+
     def local_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous slice of a global (B, T) batch; B must divide by the world size.
 

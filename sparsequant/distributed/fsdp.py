@@ -33,12 +33,14 @@ def full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
-def shard_model(model: nn.Module, world_size: int, device_type: str = "cpu") -> None:
-    """fully_shard each decoder layer, then the root (embeddings, final norm, lm_head)."""
+def shard_model(model: nn.Module, world_size: int, device: str = "cpu") -> None:
+    """fully_shard each decoder layer, then the root (embeddings, final norm, lm_head).
+
+    `device` is the stage's device string ("cpu", "cuda:1"); the mesh needs only its type."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh(device_type, (world_size,))
+    mesh = init_device_mesh(torch.device(device).type, (world_size,))
     for layer in model.get_decoder().layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)

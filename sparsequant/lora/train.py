@@ -96,7 +96,7 @@ def load_teacher(cfg, ctx):
 def _shard(module: nn.Module, ctx) -> None:
     from sparsequant.distributed.fsdp import shard_model
 
-    shard_model(module, ctx.dist.world_size, torch.device(ctx.device).type)
+    shard_model(module, ctx.dist.world_size, ctx.device)
 
 
 def _gathered(peft_model: nn.Module, rebuild, dist) -> nn.Module | None:
@@ -116,11 +116,7 @@ def train_lora(peft_model: nn.Module, tokenizer, cfg, ctx, rebuild=None) -> Lora
     takes its slice of every global batch, and `rebuild` (a fresh unsharded adapted model) receives
     the gathered weights on rank 0 for the merge."""
     dist = ctx.dist
-    if dist.enabled and cfg.batch_size % dist.world_size:
-        from sparsequant.errors import StageError
-
-        raise StageError("lora", f"batch_size {cfg.batch_size} is the global batch and must divide by the "
-                         f"{dist.world_size} processes; use a multiple of {dist.world_size}")
+    dist.check_global_batch("lora", cfg.batch_size)
     torch.manual_seed(ctx.seed)
     train, heldout = training_blocks(cfg, tokenizer, ctx.base_dir, ctx.seed)
     steps = cfg.total_steps(train.shape[0])

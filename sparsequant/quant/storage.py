@@ -32,6 +32,13 @@ def save_grids(path: Path, layers: dict[str, QuantizedLayer], spec: GridSpec, gr
     save_file(tensors, str(path), metadata=metadata)
 
 
+def grid_layer_names(path: Path) -> set[str]:
+    """The layer names a quantization.safetensors file holds grids for, read from its header only
+    (no tensor is loaded: the evaluate stage needs just the names to count packed bytes)."""
+    with safe_open(str(path), framework="pt") as handle:
+        return {key.rsplit(".", 1)[0] for key in handle.keys()}  # noqa: SIM118 (not a dict)
+
+
 def load_grids(path: Path) -> tuple[dict[str, QuantizedLayer], GridSpec, int | None]:
     """(layers, grid spec, group size or None) from a quantization.safetensors file."""
     with safe_open(str(path), framework="pt") as handle:

@@ -172,7 +172,6 @@ def _quantized_layers(artifact: Artifact) -> set[str]:
     q = artifact.manifest.quantization
     if not q or not q.get("file"):
         return set()
-    from sparsequant.quant.storage import load_grids
+    from sparsequant.quant.storage import grid_layer_names
 
-    layers, _, _ = load_grids(artifact.path / q["file"])
-    return set(layers)
+    return grid_layer_names(artifact.path / q["file"])

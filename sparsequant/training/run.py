@@ -68,16 +68,14 @@ def _check_distributed(cfg, dist) -> None:
     if cfg.method != "cast":
         raise StageError("cast", f"distributed training supports method: cast, not {cfg.method}; run "
                          f"{cfg.method} on one process (drop `distributed:` from the pipeline)")
-    if cfg.batch_size % dist.world_size:
-        raise StageError("cast", f"batch_size {cfg.batch_size} is the global batch and must divide by the "
-                         f"{dist.world_size} processes; use a multiple of {dist.world_size}")
+    dist.check_global_batch("cast", cfg.batch_size)
 
 
 def _finish_distributed(task: CastTask, artifact, targets, cfg, ctx):
     """Gather the sharded model and masks, then prune + fold on rank 0 exactly as one process would:
     a fresh copy of the input model gets the same scale parametrizations and the gathered state."""
     from sparsequant.distributed.fsdp import full, full_state_dict
-    from sparsequant.training.scaling import attach_weight_scales, fold_weight_scales_
+    from sparsequant.training.scaling import attach_scales_to_targets, fold_weight_scales_
 
     masks = {name: full(mask) for name, mask in task.masks().items()}  # collectives: every rank
     state = full_state_dict(task.model)
@@ -86,9 +84,7 @@ def _finish_distributed(task: CastTask, artifact, targets, cfg, ctx):
     model, _ = artifact.load_model(ctx.device, trust_remote_code=ctx.trust_remote_code)
     modules = dict(model.named_modules())
     plain_targets = {name: modules[name] for name in targets}
-    if cfg.scale_blocks:
-        for linear in plain_targets.values():
-            attach_weight_scales(linear, cfg.scale_blocks, cfg.sparsity.nm.m)
+    attach_scales_to_targets(plain_targets, cfg.scale_blocks, cfg.sparsity.nm.m)
     model.load_state_dict(state)
     for name, linear in plain_targets.items():
         fold_weight_scales_(linear, masks[name])
@@ -110,7 +106,7 @@ def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
         from sparsequant.distributed.fsdp import shard_model
 
         def shard(module):
-            shard_model(module, dist.world_size, torch.device(ctx.device).type)
+            shard_model(module, dist.world_size, ctx.device)
     if cfg.distill.eta > 0:
         teacher, _ = artifact.load_model(ctx.device, dtype=getattr(torch, cfg.distill.teacher_dtype))
         teacher.requires_grad_(False)

@@ -77,6 +77,16 @@ def attach_weight_scales(
     return scaler.scale
 
 
+def attach_scales_to_targets(targets: dict[str, nn.Linear], n_blocks: int, group_m: int) -> list[nn.Parameter]:
+    """`attach_weight_scales` on every target (n_blocks = 0: weight scaling off, no scales).
+
+    The training task and the distributed finish (which rebuilds the model on rank 0 to receive
+    the gathered state) both call this, so their state-dict keys cannot drift apart."""
+    if not n_blocks:
+        return []
+    return [attach_weight_scales(linear, n_blocks, group_m) for linear in targets.values()]
+
+
 def master_weight(linear: nn.Linear) -> nn.Parameter:
     """The raw (unscaled) weight W: the tensor the optimizer masks and decays.
 

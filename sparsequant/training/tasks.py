@@ -19,7 +19,7 @@ from sparsequant.sparsity.masks import NMPattern, apply_mask_, nm_mask
 from sparsequant.training.adams import AdamS, masked_weight_fraction
 from sparsequant.training.distill import distillation_loss
 from sparsequant.training.loop import perplexity_from_nll
-from sparsequant.training.scaling import attach_weight_scales, fold_weight_scales_, master_weight
+from sparsequant.training.scaling import attach_scales_to_targets, fold_weight_scales_, master_weight
 from sparsequant.training.schedule import alpha_at
 
 
@@ -81,8 +81,7 @@ class CastTask:
         and before the optimizer takes the parameters, which sharding replaces by DTensors."""
         self.model, self.targets, self.pattern, self.objective = model, targets, pattern, objective
         self.heldout, self.steps, self.cfg, self.dist = heldout, steps, cfg, dist or DistContext()
-        self.scales = [attach_weight_scales(t, cfg.scale_blocks, pattern.m) for t in targets.values()] \
-            if cfg.scale_blocks else []
+        self.scales = attach_scales_to_targets(targets, cfg.scale_blocks, pattern.m)
         if shard is not None:
             shard(model)
         self.weights = {name: master_weight(linear) for name, linear in targets.items()}

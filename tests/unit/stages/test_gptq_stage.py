@@ -9,7 +9,7 @@ from sparsequant.config import load_pipeline
 from sparsequant.errors import SparsequantError
 from sparsequant.pipeline import run_pipeline
 from sparsequant.quant.grid import quantize_grouped
-from sparsequant.quant.storage import load_grids
+from sparsequant.quant.storage import grid_layer_names, load_grids
 from sparsequant.registry import Registry
 from sparsequant.sparsity.masks import NMPattern, is_nm
 from sparsequant.verify import grid_failures, read_target_weights
@@ -52,6 +52,7 @@ def test_logits_of_the_saved_model_equal_the_model_rebuilt_from_its_grids(tmp_pa
     final = run(tmp_path, prune_then_gptq(gptq="bits: 3, group_size: 16, act_order: true, symmetric: true")).final
     grids, spec, group_size = load_grids(final.path / "quantization.safetensors")
     assert spec.bits == 3 and spec.symmetric and group_size == 16
+    assert grid_layer_names(final.path / "quantization.safetensors") == set(grids) and len(grids) == 14
     model, _ = final.load_model()
     rebuilt, _ = final.load_model()
     modules = dict(rebuilt.named_modules())
