@@ -3,6 +3,7 @@
 Usage:
   .venv/bin/python benchmarks/bench_cast_quality.py --budgets 65536 196608 --wiki-windows 128
   .venv/bin/python benchmarks/bench_cast_quality.py --sweep       # small λ / masked_lr_scale sweep at 32k tokens
+  .venv/bin/python benchmarks/bench_cast_quality.py --tune 16384  # λ, η, lr one at a time around the lr-5e-4 CAST
   .venv/bin/python benchmarks/bench_cast_quality.py --budgets 131072 --methods masked_kd_lr5e-4 cast_lr5e-4
 
 Every run is an ordinary pipeline (import -> cast | prune -> evaluate x2) under --out-dir, so a
@@ -42,6 +43,18 @@ SWEEP = {
     "cast_s20": {**METHODS["cast"], "alpha_ramp": 0.5, "masked_lr_scale": 20.0},
     "cast_s50": {**METHODS["cast"], "alpha_ramp": 0.5, "masked_lr_scale": 50.0},
     "masked_kd": METHODS["masked_kd"],
+}
+
+# λ and η around the chosen CAST settings (lr 5e-4, α at full strength half-way, batch 1 × 256), at
+# 16k tokens: one factor at a time, because each run costs ~3 min on the 2-core CPU.
+_BASE = METHODS["cast_lr5e-4_b1"]
+TUNE = {
+    "tune_base": _BASE,
+    "tune_lam1e-4": {**_BASE, "lam": 1.0e-4},
+    "tune_lam1e-2": {**_BASE, "lam": 1.0e-2},
+    "tune_eta0": {**_BASE, "distill": {"eta": 0.0}},
+    "tune_eta2of3": {**_BASE, "distill": {"eta": 2 / 3}},
+    "tune_lr1e-3": {**_BASE, "lr": 1.0e-3},
 }
 
 
@@ -103,6 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--budgets", type=int, nargs="*", default=[65536, 196608])
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--tune", type=int, default=0, metavar="TOKENS", help="the λ/η/lr sweep (TUNE) at this budget")
     parser.add_argument("--methods", nargs="*", default=["masked_kd", "cast"], choices=sorted(METHODS))
     parser.add_argument("--wiki-windows", type=int, default=128, help="0 = the whole file")
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "bench_cast"))
@@ -114,6 +128,8 @@ def main() -> None:
             run_one("magnitude", {"stage": "prune", "config": {"method": "magnitude"}}, out, args.wiki_windows)]
     if args.sweep:
         rows += [run_one(f"sweep_{name}", cast_stage(s, 32768), out, args.wiki_windows) for name, s in SWEEP.items()]
+    elif args.tune:
+        rows += [run_one(f"{name}@{args.tune}", cast_stage(s, args.tune), out, args.wiki_windows) for name, s in TUNE.items()]
     else:
         rows += [run_one(f"{m}@{tokens}", cast_stage(METHODS[m], tokens), out, args.wiki_windows)
                  for tokens in args.budgets for m in args.methods]
@@ -122,7 +138,7 @@ def main() -> None:
         t = r.get("train", {})
         print(f"| {r['name']} | {t.get('tokens', '')} | {t.get('seconds', '')} | " +
               " | ".join(f"{k}={v:.2f}" for k, v in sorted(r["perplexity"].items())) + " |")
-    if not args.sweep:
+    if not (args.sweep or args.tune):
         plot(rows, Path(args.json).with_suffix(".png"))
 
 
