@@ -52,8 +52,9 @@ TUNE = {
     "tune_base": _BASE,
     "tune_lam1e-4": {**_BASE, "lam": 1.0e-4},
     "tune_lam1e-2": {**_BASE, "lam": 1.0e-2},
-    "tune_eta0": {**_BASE, "distill": {"eta": 0.0}},
     "tune_eta2of3": {**_BASE, "distill": {"eta": 2 / 3}},
+    "tune_eta1": {**_BASE, "distill": {"eta": 1.0}},
+    "tune_lr2e-4": {**_BASE, "lr": 2.0e-4},
     "tune_lr1e-3": {**_BASE, "lr": 1.0e-3},
 }
 
