@@ -37,6 +37,12 @@ METHODS = {
     # many small steps (batch 1 × 256 = 4× the steps of 4 × 256); masked KD is run at both batches.
     "cast_lr5e-4_b1": {"method": "cast", "lr": 5.0e-4, "lam": 1.0e-3, "alpha_ramp": 0.5, "batch_size": 1},
     "masked_kd_lr5e-4_b1": {"method": "masked_kd", "lr": 5.0e-4, "batch_size": 1},
+    # Faster decay (extensions, cast-notes §7): α at full strength after a quarter of the run and the
+    # masked entries' step ×10 / ×20, so they reach ~0 early and the rest of the run trains the sparse net.
+    "cast_fast10_b1": {"method": "cast", "lr": 5.0e-4, "lam": 1.0e-3, "alpha_ramp": 0.25, "masked_lr_scale": 10.0,
+                       "batch_size": 1},
+    "cast_fast20_b1": {"method": "cast", "lr": 5.0e-4, "lam": 1.0e-3, "alpha_ramp": 0.25, "masked_lr_scale": 20.0,
+                       "batch_size": 1},
 }
 SWEEP = {
     "cast_paper": METHODS["cast"],
