@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from sparsequant.config import validate_pipeline_data
@@ -77,6 +78,8 @@ def run_one(name: str, first_stage: dict | None, out_dir: Path, wiki_windows: in
     registry = Registry.default()
     loaded = validate_pipeline_data(data, {}, REPO / "benchmarks" / f"{name}.yaml", registry)
     result = run_pipeline(loaded, registry, progress=True)
+    for work in (out_dir / name).glob("*.work"):  # checkpoints of finished stages: ~3 GB per run
+        shutil.rmtree(work)
     metrics = result.final.manifest.metrics
     train = next((o for o in result.outcomes if o.stage_id.endswith("cast")), None)
     row = {"name": name, "perplexity": metrics.get("perplexity", {})}

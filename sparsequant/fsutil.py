@@ -68,18 +68,29 @@ def remove_tree(path: Path) -> None:
         path.unlink()
 
 
+# Native writers do not always raise OSError: safetensors' Rust serializer raises SafetensorError
+# "I/O error: No space left on device (os error 28)", so a full disk is also recognised by its text.
+_DISK_FULL_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(text in str(exc) for text in _DISK_FULL_TEXT)
+
+
 @contextlib.contextmanager
 def disk_errors(where: Path) -> Iterator[None]:
     """Turn a full disk or a read-only location into an ArtifactError that says how to fix it."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as exc:
+        if is_disk_full(exc):
             raise ArtifactError(
                 f"the disk is full while writing {where}. Nothing complete was overwritten; free "
                 "space (or choose another --output-dir) and re-run: finished stages are kept."
             ) from exc
-        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             raise ArtifactError(
                 f"cannot write {where}: {exc.strerror}. Choose a writable --output-dir."
             ) from exc

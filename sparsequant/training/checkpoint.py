@@ -62,11 +62,15 @@ def save_checkpoint(work_dir: Path, step: int, model: torch.nn.Module, optimizer
     with disk_errors(partial):
         remove_tree(partial)
         partial.mkdir(parents=True)
-        save_file(checkpoint_tensors(model), partial / "model.safetensors")
-        opt_tensors, opt_meta = flatten_optimizer_state(optimizer.state_dict())
-        save_file(opt_tensors, partial / "optimizer.safetensors")
-        save_file({k: v.contiguous() for k, v in extra.items()}, partial / "extra.safetensors")
-        atomic_write_text(partial / META, json.dumps({**meta, "step": step, "optimizer": opt_meta}))
+        try:
+            save_file(checkpoint_tensors(model), partial / "model.safetensors")
+            opt_tensors, opt_meta = flatten_optimizer_state(optimizer.state_dict())
+            save_file(opt_tensors, partial / "optimizer.safetensors")
+            save_file({k: v.contiguous() for k, v in extra.items()}, partial / "extra.safetensors")
+            atomic_write_text(partial / META, json.dumps({**meta, "step": step, "optimizer": opt_meta}))
+        except BaseException:
+            remove_tree(partial)  # a half-written checkpoint only holds the space a re-run needs
+            raise
         remove_tree(final)
         os.replace(partial, final)
     for old in complete_checkpoints(work_dir)[:-keep]:
