@@ -47,6 +47,8 @@ METHODS = {
     # η = 1 (pure KD) was best on both texts in the 16k-token --tune sweep; the control gets it too.
     "cast_fast10_eta1_b1": {"method": "cast", "lr": 5.0e-4, "lam": 1.0e-3, "alpha_ramp": 0.25, "masked_lr_scale": 10.0,
                             "batch_size": 1, "distill": {"eta": 1.0}},
+    "cast_eta1_b1": {"method": "cast", "lr": 5.0e-4, "lam": 1.0e-3, "alpha_ramp": 0.5, "batch_size": 1,
+                     "distill": {"eta": 1.0}},
     "masked_kd_eta1_b1": {"method": "masked_kd", "lr": 5.0e-4, "batch_size": 1, "distill": {"eta": 1.0}},
 }
 SWEEP = {
