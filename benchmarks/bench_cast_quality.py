@@ -104,34 +104,35 @@ def cast_stage(settings: dict, tokens: int) -> dict:
     return {"stage": "cast", "config": config}
 
 
+def _ppl(row: dict, prefix: str) -> float:
+    return next(v for k, v in row["perplexity"].items() if k.startswith(prefix))
+
+
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    """Perplexity of the 2:4 model vs training tokens, one line per method: WikiText-2 and built-in held-out."""
+    from matplotlib.figure import Figure  # object API: no pyplot state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in dict.fromkeys(r["name"].split("@")[0] for r in rows if "@" in r["name"]):
-        points = sorted((r["train"]["tokens"], _wiki(r)) for r in rows if r["name"].startswith(method + "@"))
-        ax.plot(*zip(*points, strict=True), marker="o", label=method)
-    for r in rows:
-        if r["name"] in ("dense", "magnitude"):
-            ax.axhline(_wiki(r), linestyle="--", color="grey" if r["name"] == "dense" else "red", label=r["name"])
-    ax.set(xscale="log", yscale="log", xlabel="training tokens", ylabel="WikiText-2 perplexity (2:4)",
-           title="SmolLM2-135M 2:4: CAST vs masked KD")
-    ax.legend()
+    fig = Figure(figsize=(11, 4))
+    for ax, (prefix, label) in zip(fig.subplots(1, 2), [("wiki", "WikiText-2 test (64 × 512)"),
+                                                         ("builtin", "built-in held-out (16 × 512)")], strict=True):
+        for method in dict.fromkeys(r["name"].split("@")[0] for r in rows if "@" in r["name"]):
+            points = sorted((r["train"]["tokens"], _ppl(r, prefix)) for r in rows if r["name"].startswith(method + "@"))
+            ax.plot(*zip(*points, strict=True), marker="o", linestyle="-" if "cast" in method else "--", label=method)
+        for r in rows:
+            if r["name"] in ("dense", "magnitude"):
+                ax.axhline(_ppl(r, prefix), linestyle=":", color="grey" if r["name"] == "dense" else "red", label=r["name"])
+        ax.set(xscale="log", yscale="log", xlabel="training tokens", ylabel=f"perplexity, {label}")
+        ax.legend(fontsize=7)
+    fig.suptitle("SmolLM2-135M 2:4: CAST vs masked KD at equal tokens")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-
-
-def _wiki(row: dict) -> float:
-    return next(v for k, v in row["perplexity"].items() if k.startswith("wiki"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--budgets", type=int, nargs="*", default=[65536, 196608])
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--existing", action="store_true", help="only collect finished runs (no training)")
     parser.add_argument("--tune", type=int, default=0, metavar="TOKENS", help="the λ/η/lr sweep (TUNE) at this budget")
     parser.add_argument("--methods", nargs="*", default=["masked_kd", "cast"], choices=sorted(METHODS))
     parser.add_argument("--wiki-windows", type=int, default=128, help="0 = the whole file")
@@ -148,7 +149,8 @@ def main() -> None:
         rows += [run_one(f"{name}@{args.tune}", cast_stage(s, args.tune), out, args.wiki_windows) for name, s in TUNE.items()]
     else:
         rows += [run_one(f"{m}@{tokens}", cast_stage(METHODS[m], tokens), out, args.wiki_windows)
-                 for tokens in args.budgets for m in args.methods]
+                 for tokens in args.budgets for m in args.methods
+                 if not args.existing or (out / f"{m}@{tokens}" / "03_eval_builtin" / "sparsequant.json").is_file()]
     Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     for r in rows:
         t = r.get("train", {})
