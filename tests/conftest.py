@@ -36,3 +36,31 @@ def text_file(tmp_path) -> Path:
     path = tmp_path / "text.txt"
     path.write_text(sample_text())
     return path
+
+
+CAST_PIPELINE = """\
+version: 1
+input: tiny-llama
+output_dir: run
+stages:
+  - stage: cast
+    config:
+      method: METHOD
+      steps: STEPS
+      batch_size: 2
+      lr: 1.0e-3
+      sparsity: {pattern: "PATTERN"}
+      data: {source: text.txt, block_size: 32}
+      checkpoint_interval: 5
+      log_interval: 5
+      eval_interval: 10
+      eval_blocks: 2
+"""
+
+
+def write_cast_pipeline(tmp_path: Path, method: str = "cast", pattern: str = "2:4", steps: int = 12) -> Path:
+    """tmp_path/p.yaml: a short `cast`-stage run on tiny-llama over tmp_path/text.txt (the text_file fixture),
+    checkpointing every 5 steps; shared by the stage, resume and full-disk tests."""
+    path = tmp_path / "p.yaml"
+    path.write_text(CAST_PIPELINE.replace("METHOD", method).replace("PATTERN", pattern).replace("STEPS", str(steps)))
+    return path

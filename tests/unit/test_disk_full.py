@@ -19,19 +19,9 @@ from sparsequant.errors import ArtifactError
 from sparsequant.fsutil import disk_errors
 from sparsequant.sparsity.masks import NMPattern, is_nm
 from sparsequant.verify import read_target_weights
+from tests.conftest import write_cast_pipeline
 
 SAFETENSORS_DISK_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
-
-PIPELINE = """\
-version: 1
-input: tiny-llama
-output_dir: run
-stages:
-  - stage: cast
-    config: {steps: 12, batch_size: 2, lr: 1.0e-3, data: {source: text.txt, block_size: 32},
-             checkpoint_interval: 5, log_interval: 5, eval_interval: 10, eval_blocks: 2}
-"""
-
 
 def _dev_full_is_a_device() -> bool:
     return os.path.exists("/dev/full") and stat.S_ISCHR(os.stat("/dev/full").st_mode)
@@ -59,9 +49,9 @@ def test_full_disk_at_a_checkpoint_stops_cleanly_and_the_rerun_resumes(tmp_path,
         if Path(path).parent.name.startswith("ckpt-000010"):
             raise SafetensorError(SAFETENSORS_DISK_FULL)
 
-    (tmp_path / "p.yaml").write_text(PIPELINE)
+    pipeline = str(write_cast_pipeline(tmp_path))
     monkeypatch.setattr(checkpoint, "save_file", disk_fills_at_step_10)
-    assert main(["run", str(tmp_path / "p.yaml"), "--no-progress"]) == 2
+    assert main(["run", pipeline, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "disk is full while writing" in err and "ckpt-000010.partial" in err, err
     work = tmp_path / "run" / "01_cast.work"
@@ -70,7 +60,7 @@ def test_full_disk_at_a_checkpoint_stops_cleanly_and_the_rerun_resumes(tmp_path,
     assert Artifact.is_complete(tmp_path / "run" / "00_import")
 
     monkeypatch.undo()  # space freed: the same command finishes from the step-5 checkpoint
-    assert main(["run", str(tmp_path / "p.yaml"), "--no-progress"]) == 0
+    assert main(["run", pipeline, "--no-progress"]) == 0
     final = Artifact.load(tmp_path / "run" / "01_cast")
     assert final.manifest.metrics["train"]["resumed_from"] == 5
     for name, weight in read_target_weights(final, final.manifest.sparsity.targets).items():

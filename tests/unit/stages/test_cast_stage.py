@@ -17,32 +17,7 @@ from sparsequant.pipeline import run_pipeline
 from sparsequant.registry import Registry
 from sparsequant.sparsity.masks import NMPattern, is_nm
 from sparsequant.verify import read_target_weights
-
-PIPELINE = """\
-version: 1
-input: tiny-llama
-output_dir: run
-stages:
-  - stage: cast
-    config:
-      method: METHOD
-      steps: STEPS
-      batch_size: 2
-      lr: 1.0e-3
-      sparsity: {pattern: "PATTERN"}
-      data: {source: text.txt, block_size: 32}
-      checkpoint_interval: 5
-      log_interval: 5
-      eval_interval: 10
-      eval_blocks: 2
-"""
-
-
-def write_pipeline(tmp_path, method="cast", pattern="2:4", steps=12):
-    path = tmp_path / "p.yaml"
-    path.write_text(PIPELINE.replace("METHOD", method).replace("PATTERN", pattern).replace("STEPS", str(steps)))
-    return path
-
+from tests.conftest import write_cast_pipeline as write_pipeline
 
 def run(tmp_path, **kwargs):
     registry = Registry.default()
