@@ -39,6 +39,8 @@ _B1 = {"batch_size": 1}
 _FAST = {"alpha_ramp": 0.25}
 # η = 1 (pure KD) was best on both texts in the 16k-token --tune sweep; the control gets it too.
 _ETA1 = {"distill": {"eta": 1.0}}
+_GRADV = {"kept_second_moment": "gradient"}
+_STOP0 = {"stop_at_zero": True}
 METHODS = {
     "masked_kd": {"method": "masked_kd", "lr": 1.0e-4},
     "cast": {"method": "cast", "lr": 1.0e-4, "lam": 1.0e-3},
@@ -51,6 +53,11 @@ METHODS = {
     "cast_fast10_eta1_b1": {**_CAST_LR5, **_FAST, "masked_lr_scale": 10.0, **_B1, **_ETA1},
     "cast_eta1_b1": {**_CAST_LR5, **_B1, **_ETA1},
     "masked_kd_eta1_b1": {**_KD_LR5, **_B1, **_ETA1},
+    # Round 3 (§3c): AdamS extensions. Kept weights with Adam's v (from g², not μ²) and/or masked
+    # weights that stop at 0 instead of oscillating across it.
+    "cast_eta1_gradv_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV},
+    "cast_eta1_stop0_b1": {**_CAST_LR5, **_B1, **_ETA1, **_STOP0},
+    "cast_eta1_gradv_stop0_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, **_STOP0},
 }
 SWEEP = {
     "cast_paper": METHODS["cast"],

@@ -36,6 +36,10 @@ class CastConfig(StageConfig):
     lam: float = Field(1e-3, ge=0)  # λ, of the order of typical gradients (cast-notes §1.4)
     alpha_ramp: float = Field(1.0, gt=0, le=1)  # α_t = min(1, t / (alpha_ramp·T)); 1.0 = the paper
     masked_lr_scale: float = Field(1.0, gt=0)  # step multiplier for masked entries only; 1.0 = the paper
+    # Extensions of AdamS (cast-notes §7), off = the paper: v from g² on kept weights (Adam's statistics);
+    # masked weights that would cross 0 rest at 0 instead of oscillating around it.
+    kept_second_moment: Literal["momentum", "gradient"] = "momentum"
+    stop_at_zero: bool = False
     mask_interval: int | None = Field(None, ge=1)  # steps between mask updates; None: cast 10 (T1), sr_ste 1
     sr_decay: float = Field(2e-4, ge=0)  # λ_W of SR-STE (its paper's value); sr_ste only
     scale_blocks: int = Field(2, ge=0)  # n column blocks of learnable scales per row; 0 = off

@@ -34,6 +34,7 @@ from sparsequant.distributed.fsdp import local
 
 # State entries whose dtype is ours, not the parameter's (see AdamS.load_state_dict).
 _STATE_DTYPES = {"mask": torch.bool, "exp_avg": torch.float32, "exp_avg_sq": torch.float32}
+_KEPT_SECOND_MOMENTS = ("momentum", "gradient")
 
 
 class AdamS(torch.optim.Optimizer):
@@ -53,6 +54,13 @@ class AdamS(torch.optim.Optimizer):
         masked_lr_scale: extension beyond the paper (cast-notes §7), 1.0 = the paper. Multiplies
             the step of masked entries only, so on a short run they can travel to zero (about
             Σ lr·α·scale) without a larger step on the kept weights.
+        kept_second_moment: ``"momentum"`` (the paper's Alg. 1: v from μ² on kept entries) or
+            ``"gradient"`` (extension: v from g² there, i.e. exactly Adam for kept weights). With
+            small, noisy batches |μ| << sqrt(E[g²]), so the paper's v makes every kept weight take
+            a step of about ±lr — a far larger effective learning rate than Adam at the same lr.
+        stop_at_zero: extension (proximal-style): a masked entry whose step would carry it across
+            0 is set to exactly 0 instead, so decayed weights rest at zero rather than oscillating
+            around it by ±lr (sign(0) = 0 gives them no further push). False = the paper.
         maximize: must be False (kept for signature compatibility with torch optimizers).
 
     Raises:
@@ -68,6 +76,8 @@ class AdamS(torch.optim.Optimizer):
         lam: float = 0.0,
         alpha: float = 0.0,
         masked_lr_scale: float = 1.0,
+        kept_second_moment: str = "momentum",
+        stop_at_zero: bool = False,
         maximize: bool = False,
     ) -> None:
         if maximize:
@@ -79,8 +89,11 @@ class AdamS(torch.optim.Optimizer):
         _check_alpha(alpha)
         if masked_lr_scale <= 0.0:
             raise ValueError(f"masked_lr_scale must be > 0, got {masked_lr_scale}")
+        if kept_second_moment not in _KEPT_SECOND_MOMENTS:
+            raise ValueError(f"kept_second_moment must be one of {_KEPT_SECOND_MOMENTS}, got {kept_second_moment!r}")
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "lam": lam, "alpha": alpha,
-                    "masked_lr_scale": masked_lr_scale}
+                    "masked_lr_scale": masked_lr_scale, "kept_second_moment": kept_second_moment,
+                    "stop_at_zero": stop_at_zero}
         super().__init__(params, defaults)
 
     def set_mask(self, param: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -179,8 +192,12 @@ class AdamS(torch.optim.Optimizer):
                 torch._foreach_add_(tilde, mus, alpha=-alpha)  # α·(λ·sign θ - μ)
                 torch._foreach_addcmul_(tilde, tilde, masks, value=-1.0)  # zero the kept entries
                 torch._foreach_add_(tilde, mus)
-            # v ← β2·v + (1-β2)·μ~² on every entry of a masked param (kept ones get μ², Eq. 8).
-            torch._foreach_addcmul_([exp_avg_sqs[i] for i in masked], tilde, tilde, 1.0 - beta2)
+            if group.get("kept_second_moment", "momentum") == "gradient":
+                for i, t in zip(masked, tilde, strict=True):  # v from g² on kept, μ~² on masked entries
+                    v_in = torch.where(local(states[i]["mask"]), grads[i], t)  # (out, in) temporary
+                    exp_avg_sqs[i].addcmul_(v_in, v_in, value=1.0 - beta2)
+            else:  # v ← β2·v + (1-β2)·μ~² on every entry of a masked param (kept ones get μ², Eq. 8)
+                torch._foreach_addcmul_([exp_avg_sqs[i] for i in masked], tilde, tilde, 1.0 - beta2)
             scale = float(group.get("masked_lr_scale", 1.0))
             for i, t in zip(masked, tilde, strict=True):
                 # After v is built from the unscaled μ~: the scale changes the step, not Adam's statistics.
@@ -193,7 +210,13 @@ class AdamS(torch.optim.Optimizer):
         denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denom, bc2_sqrt)
         torch._foreach_add_(denom, group["eps"])
+        stop = [i for i in masked if group.get("stop_at_zero", False)]
+        signs_before = {i: work[i].sign().to(torch.int8) for i in stop}  # 1 byte per entry
         torch._foreach_addcdiv_(work, numerators, denom, step_size)
+        for i in stop:  # masked entries whose sign flipped rest at 0 (one at 0 may leave it: no flip)
+            crossed = (work[i].sign().to(torch.int8) * signs_before.pop(i) < 0)
+            crossed &= ~local(states[i]["mask"])
+            work[i].masked_fill_(crossed, 0.0)
         for shard, w in zip(shards, work, strict=True):
             if w is not shard:
                 shard.copy_(w)

@@ -88,7 +88,8 @@ class CastTask:
         sparse_ids = {id(w) for w in self.weights.values()}
         others = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
         self.optimizer = AdamS(
-            [{"params": list(self.weights.values()), "lam": cfg.lam, "masked_lr_scale": cfg.masked_lr_scale},
+            [{"params": list(self.weights.values()), "lam": cfg.lam, "masked_lr_scale": cfg.masked_lr_scale,
+              "kept_second_moment": cfg.kept_second_moment, "stop_at_zero": cfg.stop_at_zero},
              {"params": others, "lam": 0.0}],  # scales, norms, embeddings: plain Adam, no decay
             lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
         self.last_flip = 0.0

@@ -15,10 +15,13 @@ from sparsequant.training.adams import AdamS, masked_weight_fraction
 LR, BETAS, EPS, LAM = 1e-2, (0.9, 0.999), 1e-8, 0.05
 
 
-def reference_adams(theta0, grads, masks, alphas, lr=LR, betas=BETAS, eps=EPS, lam=LAM):
+def reference_adams(theta0, grads, masks, alphas, lr=LR, betas=BETAS, eps=EPS, lam=LAM,
+                    kept_second_moment="momentum", stop_at_zero=False):
     """Literal Eq. 7-8, one Python float per element. masks[t] is None (plain Adam) or 0/1 list.
 
     theta0: flat list of floats; grads[t]: flat list per step. Returns θ after each step.
+    Extensions: kept_second_moment="gradient" feeds g² (not μ²) into v for kept entries;
+    stop_at_zero sets a masked entry whose sign flipped in this step to 0.
     """
     beta1, beta2 = betas
     theta = [float(x) for x in theta0]
@@ -32,10 +35,13 @@ def reference_adams(theta0, grads, masks, alphas, lr=LR, betas=BETAS, eps=EPS, l
             else:
                 sign = (theta[i] > 0) - (theta[i] < 0)  # sign(0) = 0
                 tilde = mu[i] if mask[i] else (1 - alpha) * mu[i] + alpha * lam * sign
-                v_in = tilde
+                v_in = g[i] if (mask[i] and kept_second_moment == "gradient") else tilde
             v[i] = beta2 * v[i] + (1 - beta2) * v_in * v_in
             mu_hat, v_hat = tilde / (1 - beta1**t), v[i] / (1 - beta2**t)
+            before = theta[i]
             theta[i] -= lr * mu_hat / (math.sqrt(v_hat) + eps)
+            if stop_at_zero and mask is not None and not mask[i] and before * theta[i] < 0:
+                theta[i] = 0.0
         history.append(list(theta))
     return history
 
@@ -240,3 +246,59 @@ def test_masked_lr_scale_multiplies_only_masked_steps():
     assert torch.equal(moved[1.0][0, [0, 2]], torch.zeros(2)) and torch.equal(moved[3.0][0, [0, 2]], torch.zeros(2))
     assert torch.allclose(moved[3.0][0, [1, 3]], 3 * moved[1.0][0, [1, 3]], rtol=1e-5)
     assert moved[1.0][0, 1] > 0
+
+
+@pytest.mark.parametrize(("kept_second_moment", "stop_at_zero"), [("gradient", False), ("momentum", True),
+                                                                  ("gradient", True)])
+def test_extensions_match_reference(kept_second_moment, stop_at_zero):
+    """The two AdamS extensions against the float64 reference, on weights small enough (|θ| ~ lr)
+    that masked entries cross zero within the run, with a mask flip half-way and α = 0 and 1."""
+    steps, alphas = 8, [0.0, 0.3, 0.6, 1.0, 1.0, 0.8, 1.0, 1.0]
+    gen = torch.Generator().manual_seed(11)
+    w0 = 0.02 * torch.randn(4, 8, generator=gen)
+    mask_steps = [nm_mask(w0.abs(), NMPattern(2, 4))] * 4 + [nm_mask(-w0.abs(), NMPattern(2, 4))] * 4
+    grads = [0.1 * g for g in _grads((4, 8), steps, 12)]  # |g| < λ-scale mixes: both terms matter
+    param = torch.nn.Parameter(w0.clone())
+    opt = AdamS([param], lr=LR, betas=BETAS, eps=EPS, lam=LAM,
+                kept_second_moment=kept_second_moment, stop_at_zero=stop_at_zero)
+    traj = _run(opt, [param], [grads], alphas, [[m] for m in mask_steps])[0]
+    ref = reference_adams(w0.double().flatten().tolist(), [g.flatten().tolist() for g in grads],
+                          [m.flatten().tolist() for m in mask_steps], alphas,
+                          kept_second_moment=kept_second_moment, stop_at_zero=stop_at_zero)
+    for t in range(steps):
+        expected = torch.tensor(ref[t], dtype=torch.float64).reshape(4, 8)
+        torch.testing.assert_close(traj[t].double(), expected, rtol=0, atol=2e-6)
+    paper = reference_adams(w0.double().flatten().tolist(), [g.flatten().tolist() for g in grads],
+                            [m.flatten().tolist() for m in mask_steps], alphas)
+    assert max(abs(a - b) for a, b in zip(ref[-1], paper[-1], strict=True)) > 1e-3  # the option changes θ
+    if stop_at_zero:
+        assert int((traj[-1] == 0).sum()) > 0  # some masked weights came to rest exactly at 0
+
+
+def test_stop_at_zero_masked_weight_rests_at_zero_kept_crosses():
+    """With α = 1 and no gradient a masked weight walks ~lr per step to 0 and then stays at exactly 0
+    (sign 0 -> no push); without the option it oscillates. A kept weight may cross 0 freely."""
+    finals = {}
+    for stop in (False, True):
+        p = torch.nn.Parameter(torch.tensor([[0.035, 0.9, -0.8, -0.035]]))
+        opt = AdamS([p], lr=1e-2, lam=1e-3, alpha=1.0, stop_at_zero=stop)
+        opt.set_mask(p, torch.tensor([[False, True, True, False]]))
+        history = []
+        for _ in range(12):
+            p.grad = torch.zeros_like(p)
+            opt.step()
+            history.append(p.detach()[0, [0, 3]].clone())
+        finals[stop] = torch.stack(history)
+    assert torch.equal(finals[True][-4:], torch.zeros(4, 2))
+    assert (finals[False][-4:] != 0).all() and (finals[False][-4:].abs() < 0.03).all()
+    kept = torch.nn.Parameter(torch.tensor([[0.001, 0.5, 0.5, 0.001]]))
+    opt = AdamS([kept], lr=1e-2, lam=1e-3, alpha=1.0, stop_at_zero=True)
+    opt.set_mask(kept, torch.tensor([[True, True, False, False]]))
+    kept.grad = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    opt.step()
+    assert kept.detach()[0, 0] < 0  # kept entry crossed 0: no clamp
+
+
+def test_invalid_kept_second_moment():
+    with pytest.raises(ValueError, match="kept_second_moment"):
+        AdamS([torch.nn.Parameter(torch.zeros(2))], kept_second_moment="g2")
