@@ -73,6 +73,19 @@ def remove_tree(path: Path) -> None:
 _DISK_FULL_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
 
 
+# torch.save's zip writer loses errno altogether ("[enforce fail at inline_container.cc] unexpected
+# pos 704 vs 598" when a write came up short), so callers of torch-based writers (DCP) also ask the
+# file system, before they delete their partial output, whether it is (nearly) out of space.
+_NEARLY_FULL_BYTES = 64 * 2**20
+
+
+def no_space_left(path: Path) -> bool:
+    """True when the file system holding `path` (or its nearest existing parent) has < 64 MiB free."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free < _NEARLY_FULL_BYTES
+
+
 def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True

@@ -9,6 +9,7 @@ resume, never part of an artifact (DCP's metadata file is its own format, not ou
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 import torch
 
 from sparsequant.distributed.context import DistContext
-from sparsequant.fsutil import atomic_write_text, remove_tree
+from sparsequant.errors import ArtifactError
+from sparsequant.fsutil import atomic_write_text, disk_errors, is_disk_full, no_space_left, remove_tree
 
 META = "meta.json"
 
@@ -31,21 +33,60 @@ def _state(model, optimizer) -> dict[str, Any]:
 
 def save_sharded(work_dir: Path, step: int, model, optimizer, meta: dict[str, Any], dist: DistContext,
                  keep: int = 2) -> None:
+    """Write checkpoint `step` from every rank; complete only once rank 0 has renamed it.
+
+    A failure while writing (a full disk, most likely) removes the `.partial` directory so it does
+    not hold the space a re-run needs, and leaves the older complete checkpoints as they were. All
+    ranks raise together: DCP's save fails on every rank when any rank fails, and rank 0's
+    finishing step is agreed through `dist.sum`, so no rank waits at a barrier for a dead peer.
+
+    Raises:
+        ArtifactError: the disk is full or the work directory is not writable (via `disk_errors`).
+    """
     import torch.distributed.checkpoint as dcp
 
     final, partial = work_dir / f"dcp-{step:06d}", work_dir / f"dcp-{step:06d}.partial"
-    if dist.is_main:
-        remove_tree(partial)
+    with disk_errors(partial):
+        if dist.is_main:
+            remove_tree(partial)
+        dist.barrier()
+        try:
+            dcp.save(_state(model, optimizer), checkpoint_id=str(partial))
+        except BaseException as exc:  # DCP's CheckpointException is a BaseException, raised on every rank
+            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            full = not interrupted and (is_disk_full(exc) or no_space_left(partial))
+            if not interrupted:
+                dist.barrier()  # every rank has looked at the free space before rank 0 frees it
+            if dist.is_main:
+                remove_tree(partial)
+            if full:
+                raise OSError(errno.ENOSPC, f"No space left on device ({type(exc).__name__})") from exc
+            raise
+        dist.barrier()  # every rank's shard is on disk before the checkpoint is declared complete
+        failure = _finish_on_main(partial, final, meta, step, dist)
+        if dist.sum([1.0 if failure else 0.0])[0]:
+            if failure is not None:
+                raise failure
+            raise ArtifactError(f"rank 0 could not complete checkpoint {final}; its own message says why.")
+        if dist.is_main:
+            for old in complete(work_dir)[:-keep]:
+                remove_tree(old)
     dist.barrier()
-    dcp.save(_state(model, optimizer), checkpoint_id=str(partial))
-    dist.barrier()  # every rank's shard is on disk before the checkpoint is declared complete
-    if dist.is_main:
+
+
+def _finish_on_main(partial: Path, final: Path, meta: dict[str, Any], step: int, dist: DistContext) -> Exception | None:
+    """Rank 0: meta.json last, then the rename that makes the checkpoint complete. Returns the error
+    instead of raising it, so the other ranks learn of it before anyone raises."""
+    if not dist.is_main:
+        return None
+    try:
         atomic_write_text(partial / META, json.dumps({**meta, "step": step}))
         remove_tree(final)
         os.replace(partial, final)
-        for old in complete(work_dir)[:-keep]:
-            remove_tree(old)
-    dist.barrier()
+    except Exception as exc:
+        remove_tree(partial)
+        return exc
+    return None
 
 
 def complete(work_dir: Path) -> list[Path]:
