@@ -58,6 +58,7 @@ METHODS = {
     "cast_eta1_gradv_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV},
     "cast_eta1_stop0_b1": {**_CAST_LR5, **_B1, **_ETA1, **_STOP0},
     "cast_eta1_gradv_stop0_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, **_STOP0},
+    "cast_eta1_gradv_lr1e-3_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, "lr": 1.0e-3},
 }
 SWEEP = {
     "cast_paper": METHODS["cast"],
