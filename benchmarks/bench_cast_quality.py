@@ -5,6 +5,8 @@ Usage:
   .venv/bin/python benchmarks/bench_cast_quality.py --sweep       # small λ / masked_lr_scale sweep at 32k tokens
   .venv/bin/python benchmarks/bench_cast_quality.py --tune 16384  # λ, η, lr one at a time around the lr-5e-4 CAST
   .venv/bin/python benchmarks/bench_cast_quality.py --budgets 131072 --methods masked_kd_lr5e-4 cast_lr5e-4
+  .venv/bin/python benchmarks/bench_cast_quality.py --existing --budgets 65536 --methods cast_eta1_b1 \
+      --include-json benchmarks/results/cast_quality_round2.json   # finished runs + an earlier round's rows
 
 Every run is an ordinary pipeline (import -> cast | prune -> evaluate x2) under --out-dir, so a
 re-run reuses finished runs. Results: JSON + markdown rows on stdout + a PNG of perplexity vs tokens.
@@ -145,6 +147,8 @@ def main() -> None:
     parser.add_argument("--tune", type=int, default=0, metavar="TOKENS", help="the λ/η/lr sweep (TUNE) at this budget")
     parser.add_argument("--methods", nargs="*", default=["masked_kd", "cast"], choices=sorted(METHODS))
     parser.add_argument("--wiki-windows", type=int, default=128, help="0 = the whole file")
+    parser.add_argument("--include-json", nargs="*", default=[], metavar="JSON",
+                        help="rows of earlier runs (this script's --json output) added to the table and plot")
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "bench_cast"))
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "cast_quality.json"))
     args = parser.parse_args()
@@ -160,6 +164,9 @@ def main() -> None:
         rows += [run_one(f"{m}@{tokens}", cast_stage(METHODS[m], tokens), out, args.wiki_windows)
                  for tokens in args.budgets for m in args.methods
                  if not args.existing or (out / f"{m}@{tokens}" / "03_eval_builtin" / "sparsequant.json").is_file()]
+    for earlier in args.include_json:  # e.g. an earlier session's runs whose directories are gone
+        names = {r["name"] for r in rows}
+        rows += [r for r in json.loads(Path(earlier).read_text()) if r["name"] not in names]
     Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     for r in rows:
         t = r.get("train", {})

@@ -1,16 +1,15 @@
 """CastTask on the tiny Llama: masks, flip rate, fold invariance on the whole model, checkpointing."""
 
-from types import SimpleNamespace
-
 import torch
 
 from sparsequant.sparsity.masks import NMPattern, apply_mask_, nm_mask
 from sparsequant.sparsity.targets import select_linears
+from sparsequant.stages.cast import CastConfig
 from sparsequant.testing import tiny_llama
 from sparsequant.training.tasks import CastTask, KDObjective
 
-CFG = SimpleNamespace(scale_blocks=2, lam=1e-3, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, alpha_ramp=1.0,
-                      effective_mask_interval=10, masked_lr_scale=1.0)
+# The stage's own typed config, so options added later come with their defaults.
+CFG = CastConfig(lr=1e-3)
 
 
 def make_task(model=None, teacher=None, eta=0.0):
