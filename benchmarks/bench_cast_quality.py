@@ -43,6 +43,9 @@ _FAST = {"alpha_ramp": 0.25}
 _ETA1 = {"distill": {"eta": 1.0}}
 _GRADV = {"kept_second_moment": "gradient"}
 _STOP0 = {"stop_at_zero": True}
+# Round 3b: without warmup, Adam's first steps move every weight by ~lr (its first update is sign-like),
+# which at lr 1e-3 sent the KL to 17 by step 12 (§3c); 25 warmup steps ≈ 10 % of a 65k-token run.
+_WARM = {"warmup_steps": 25}
 METHODS = {
     "masked_kd": {"method": "masked_kd", "lr": 1.0e-4},
     "cast": {"method": "cast", "lr": 1.0e-4, "lam": 1.0e-3},
@@ -61,6 +64,9 @@ METHODS = {
     "cast_eta1_stop0_b1": {**_CAST_LR5, **_B1, **_ETA1, **_STOP0},
     "cast_eta1_gradv_stop0_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, **_STOP0},
     "cast_eta1_gradv_lr1e-3_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, "lr": 1.0e-3},
+    "cast_eta1_warm_b1": {**_CAST_LR5, **_B1, **_ETA1, **_WARM},
+    "cast_eta1_gradv_lr1e-3_warm_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, "lr": 1.0e-3, **_WARM},
+    "masked_kd_eta1_warm_b1": {**_KD_LR5, **_B1, **_ETA1, **_WARM},
 }
 SWEEP = {
     "cast_paper": METHODS["cast"],
