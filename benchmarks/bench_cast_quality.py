@@ -67,6 +67,7 @@ METHODS = {
     "cast_eta1_warm_b1": {**_CAST_LR5, **_B1, **_ETA1, **_WARM},
     "cast_eta1_gradv_lr1e-3_warm_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, "lr": 1.0e-3, **_WARM},
     "masked_kd_eta1_warm_b1": {**_KD_LR5, **_B1, **_ETA1, **_WARM},
+    "masked_kd_eta1_lr1e-3_warm_b1": {**_KD_LR5, **_B1, **_ETA1, "lr": 1.0e-3, **_WARM},
 }
 SWEEP = {
     "cast_paper": METHODS["cast"],
