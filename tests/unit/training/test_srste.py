@@ -1,19 +1,19 @@
 """SR-STE: straight-through gradient, sparse-refined decay, mask updates, exact N:M finish."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from torch.nn.utils import parametrize
 
 from sparsequant.sparsity.masks import NMPattern, is_nm, nm_mask
 from sparsequant.sparsity.targets import select_linears
+from sparsequant.stages.cast import CastConfig
 from sparsequant.testing import tiny_llama
 from sparsequant.training.srste import SRSTETask, add_sparse_refined_decay_, attach_straight_through_mask
 from sparsequant.training.tasks import KDObjective
 
 P24 = NMPattern(2, 4)
-CFG = SimpleNamespace(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, effective_mask_interval=2, sr_decay=2e-4)
+# The stage's own typed config (as in test_tasks.py), so options added later come with their defaults.
+CFG = CastConfig(method="sr_ste", lr=1e-2, mask_interval=2, sr_decay=2e-4)
 
 
 def test_forward_is_pruned_and_gradient_passes_straight_through():
@@ -42,7 +42,7 @@ def test_sparse_refined_decay_touches_pruned_entries_only():
 
 def make_task(model, sr_decay=2e-4, interval=2):
     targets = select_linears(model, ["model.layers.*"], [])
-    cfg = SimpleNamespace(**{**vars(CFG), "sr_decay": sr_decay, "effective_mask_interval": interval})
+    cfg = CFG.model_copy(update={"sr_decay": sr_decay, "mask_interval": interval})
     task = SRSTETask(model, targets, P24, KDObjective(None, 0.0, 1.0, None), torch.zeros(1, 8, dtype=torch.long),
                      10, cfg)
     return task, targets
