@@ -68,6 +68,11 @@ METHODS = {
     "cast_eta1_gradv_lr1e-3_warm_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, "lr": 1.0e-3, **_WARM},
     "masked_kd_eta1_warm_b1": {**_KD_LR5, **_B1, **_ETA1, **_WARM},
     "masked_kd_eta1_lr1e-3_warm_b1": {**_KD_LR5, **_B1, **_ETA1, "lr": 1.0e-3, **_WARM},
+    # Round 3c: with Adam's v on the kept weights the masked half is the only noisy part, so the decay
+    # can finish sooner (α at full strength after a quarter of the run, no masked_lr_scale) and leave
+    # three quarters of the run to train the (nearly) sparse network, as masked KD does from step 0.
+    "cast_eta1_gradv_lr1e-3_warm_ramp25_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, "lr": 1.0e-3, **_WARM,
+                                              "alpha_ramp": 0.25},
 }
 SWEEP = {
     "cast_paper": METHODS["cast"],
