@@ -76,6 +76,9 @@ METHODS = {
     # Round 3c: the kept weights at masked KD's lr 5e-4 (lr 1e-3 costs masked KD 5 % on wiki) while the
     # masked entries keep lr 1e-3's travel through masked_lr_scale 2 (it scales the masked step only).
     "cast_eta1_gradv_ms2_warm_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, **_WARM, "masked_lr_scale": 2.0},
+    # Round 3c: without the learnable scales (masked KD has none), to see whether they cost the out-of-domain text.
+    "cast_eta1_gradv_lr1e-3_warm_noscale_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, "lr": 1.0e-3, **_WARM,
+                                               "scale_blocks": 0},
 }
 SWEEP = {
     "cast_paper": METHODS["cast"],

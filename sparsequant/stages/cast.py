@@ -91,9 +91,9 @@ class CastStage:
         model, tokenizer = artifact.load_model(ctx.device, trust_remote_code=ctx.trust_remote_code)
         targets = select_targets(self.name, model, self.config.sparsity)
         report = train_sparse(model, tokenizer, artifact, targets, self.config, ctx)
-        if report.model is None:
+        if report.model is None:  # a distributed run's other ranks: rank 0 writes the artifact
             from sparsequant.artifact import Artifact
-  # a distributed run's other ranks: rank 0 writes the artifact
+
             ctx.dist.barrier()
             return Artifact.load(ctx.out_dir)
         model = report.model
