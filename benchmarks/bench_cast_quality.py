@@ -46,6 +46,8 @@ _STOP0 = {"stop_at_zero": True}
 # Round 3b: without warmup, Adam's first steps move every weight by ~lr (its first update is sign-like),
 # which at lr 1e-3 sent the KL to 17 by step 12 (§3c); 25 warmup steps ≈ 10 % of a 65k-token run.
 _WARM = {"warmup_steps": 25}
+# The round-3 CAST recipe (§3c, pipelines/cast_smollm2.yaml); round 3c's variants change one key of it.
+_CAST_R3 = {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, "lr": 1.0e-3, **_WARM}
 METHODS = {
     "masked_kd": {"method": "masked_kd", "lr": 1.0e-4},
     "cast": {"method": "cast", "lr": 1.0e-4, "lam": 1.0e-3},
@@ -65,20 +67,18 @@ METHODS = {
     "cast_eta1_gradv_stop0_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, **_STOP0},
     "cast_eta1_gradv_lr1e-3_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, "lr": 1.0e-3},
     "cast_eta1_warm_b1": {**_CAST_LR5, **_B1, **_ETA1, **_WARM},
-    "cast_eta1_gradv_lr1e-3_warm_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, "lr": 1.0e-3, **_WARM},
+    "cast_eta1_gradv_lr1e-3_warm_b1": _CAST_R3,
     "masked_kd_eta1_warm_b1": {**_KD_LR5, **_B1, **_ETA1, **_WARM},
     "masked_kd_eta1_lr1e-3_warm_b1": {**_KD_LR5, **_B1, **_ETA1, "lr": 1.0e-3, **_WARM},
     # Round 3c: with Adam's v on the kept weights the masked half is the only noisy part, so the decay
     # can finish sooner (α at full strength after a quarter of the run, no masked_lr_scale) and leave
     # three quarters of the run to train the (nearly) sparse network, as masked KD does from step 0.
-    "cast_eta1_gradv_lr1e-3_warm_ramp25_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, "lr": 1.0e-3, **_WARM,
-                                              "alpha_ramp": 0.25},
+    "cast_eta1_gradv_lr1e-3_warm_ramp25_b1": {**_CAST_R3, "alpha_ramp": 0.25},
     # Round 3c: the kept weights at masked KD's lr 5e-4 (lr 1e-3 costs masked KD 5 % on wiki) while the
     # masked entries keep lr 1e-3's travel through masked_lr_scale 2 (it scales the masked step only).
-    "cast_eta1_gradv_ms2_warm_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, **_WARM, "masked_lr_scale": 2.0},
+    "cast_eta1_gradv_ms2_warm_b1": {**_CAST_R3, "lr": 5.0e-4, "masked_lr_scale": 2.0},
     # Round 3c: without the learnable scales (masked KD has none), to see whether they cost the out-of-domain text.
-    "cast_eta1_gradv_lr1e-3_warm_noscale_b1": {**_CAST_LR5, **_B1, **_ETA1, **_GRADV, "lr": 1.0e-3, **_WARM,
-                                               "scale_blocks": 0},
+    "cast_eta1_gradv_lr1e-3_warm_noscale_b1": {**_CAST_R3, "scale_blocks": 0},
 }
 SWEEP = {
     "cast_paper": METHODS["cast"],
