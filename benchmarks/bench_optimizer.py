@@ -3,8 +3,10 @@
 The 210 target matrices of SmolLM2-135M (30 layers x q, k, v, o, gate, up, down; 106,168,320
 weights) get random fp32 values and random gradients; every AdamS weight has a 2:4 mask, α = 0.5,
 λ = 1e-3. The optimizers take turns: `--warmup` untimed rounds, then `--steps` timed rounds;
-the median (and min) per optimizer is reported. Also timed: recomputing the 2:4 masks of all
-layers with `nm_mask`, which CAST does every T1 = 10 steps. Needs about 5 GB of RAM.
+the median (and min) per optimizer is reported. `fused` rows are AdamS(fused=True) (one compiled
+kernel per weight, `sparsequant.training.fused`) and torch's own fused AdamW; their compile time is
+printed separately and excluded. Also timed: recomputing the 2:4 masks of all layers, eager
+(`nm_mask`) and compiled, which CAST does every T1 = 10 steps. Needs about 8 GB of RAM.
 
 Run:
     .venv/bin/python benchmarks/bench_optimizer.py [--layers 30] [--steps 5] [--warmup 2]
@@ -22,6 +24,7 @@ import torch
 
 from sparsequant.sparsity.masks import NMPattern, nm_mask
 from sparsequant.training.adams import AdamS
+from sparsequant.training.fused import CompiledKernels
 
 # (out, in) of the seven projections of one SmolLM2-135M decoder layer.
 LAYER_SHAPES = {
@@ -87,19 +90,31 @@ def main(argv: list[str] | None = None) -> None:
 
     mask_s = time_calls(lambda: compute_masks(params), max(1, args.steps // 2), 1)
     masks = compute_masks(params)
+    kernels = CompiledKernels()
+    start = time.perf_counter()
+    compiled_masks = [kernels.mask(p.detach(), PATTERN.n, PATTERN.m) for p in params]
+    print(f"compiled mask: first call (compiles {len({p.shape for p in params})} shapes) {time.perf_counter() - start:.1f} s")
+    assert all(torch.equal(a, b) for a, b in zip(masks, compiled_masks, strict=True)), "compiled mask != nm_mask"
+    compiled_mask_s = time_calls(lambda: [kernels.mask(p.detach(), PATTERN.n, PATTERN.m) for p in params],
+                                 max(1, args.steps // 2), 1)
 
-    def build_adams(alpha: float) -> AdamS:
-        opt = AdamS(params, lr=1e-4, lam=1e-3, alpha=alpha)
+    def build_adams(alpha: float, fused: bool = False) -> AdamS:
+        opt = AdamS(params, lr=1e-4, lam=1e-3, alpha=alpha, fused=fused)
         for p, m in zip(params, masks, strict=True):
             opt.set_mask(p, m)
         return opt
 
     optimizers: dict[str, torch.optim.Optimizer] = {
         "AdamW(foreach)": torch.optim.AdamW(params, lr=1e-4, foreach=True),
+        "AdamW(fused)": torch.optim.AdamW(params, lr=1e-4, fused=True),
         "Adam(foreach)": torch.optim.Adam(params, lr=1e-4, foreach=True),
         "AdamS(α=0.5, λ=1e-3)": build_adams(0.5),
         "AdamS(α=0, masks set)": build_adams(0.0),
+        "AdamS(α=0.5) fused": build_adams(0.5, fused=True),
     }
+    start = time.perf_counter()
+    optimizers["AdamS(α=0.5) fused"].step()  # compiles the kernel for every distinct shape
+    print(f"fused AdamS: first step (compiles) {time.perf_counter() - start:.1f} s")
     # Round-robin (one step of each optimizer per round) so that load from other processes on a
     # shared machine hits every optimizer alike; each keeps its own state (~0.85 GB).
     times: dict[str, list[float]] = {name: [] for name in optimizers}
@@ -111,14 +126,16 @@ def main(argv: list[str] | None = None) -> None:
                 times[name].append(time.perf_counter() - start)
     results = {name: (statistics.median(t), min(t)) for name, t in times.items()}
     results["nm_mask, all tensors"] = mask_s
+    results["mask compiled, all"] = compiled_mask_s
     reference = results["AdamW(foreach)"][0]
     print(f"\n{'what':<24} {'median ms':>10} {'min ms':>8} {'ns/weight':>10} {'vs AdamW':>9}")
     for name, (median, fastest) in results.items():
         print(f"{name:<24} {median * 1e3:>10.1f} {fastest * 1e3:>8.1f} "
               f"{median / n_weights * 1e9:>10.2f} {median / reference:>8.2f}x")
-    ratio = results["AdamS(α=0.5, λ=1e-3)"][0] / reference
-    print(f"\nAdamS/AdamW (medians) = {ratio:.2f}; a mask recompute every 10 steps adds "
-          f"{mask_s[0] / 10 / reference:.2f}x AdamW per step on average")
+    for name, mask_time in (("", mask_s), (" fused", compiled_mask_s)):
+        adams = "AdamS(α=0.5) fused" if name else "AdamS(α=0.5, λ=1e-3)"
+        print(f"\nAdamS{name}/AdamW(foreach) (medians) = {results[adams][0] / reference:.2f}; a{name} mask "
+              f"recompute every 10 steps adds {mask_time[0] / 10 / reference:.2f}x AdamW per step on average")
 
 
 if __name__ == "__main__":

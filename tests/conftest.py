@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -58,9 +59,11 @@ stages:
 """
 
 
-def write_cast_pipeline(tmp_path: Path, method: str = "cast", pattern: str = "2:4", steps: int = 12) -> Path:
+def write_cast_pipeline(tmp_path: Path, method: str = "cast", pattern: str = "2:4", steps: int = 12,
+                        extra_config: dict | None = None) -> Path:
     """tmp_path/p.yaml: a short `cast`-stage run on tiny-llama over tmp_path/text.txt (the text_file fixture),
     checkpointing every 5 steps; shared by the stage, resume and full-disk tests."""
     path = tmp_path / "p.yaml"
-    path.write_text(CAST_PIPELINE.replace("METHOD", method).replace("PATTERN", pattern).replace("STEPS", str(steps)))
+    text = CAST_PIPELINE.replace("METHOD", method).replace("PATTERN", pattern).replace("STEPS", str(steps))
+    path.write_text(text + "".join(f"      {key}: {json.dumps(value)}\n" for key, value in (extra_config or {}).items()))
     return path

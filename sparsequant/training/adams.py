@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from sparsequant.distributed.fsdp import local
+from sparsequant.training.fused import CompiledKernels, MaskedStepScalars
 
 # State entries whose dtype is ours, not the parameter's (see AdamS.load_state_dict).
 _STATE_DTYPES = {"mask": torch.bool, "exp_avg": torch.float32, "exp_avg_sq": torch.float32}
@@ -61,6 +62,9 @@ class AdamS(torch.optim.Optimizer):
         stop_at_zero: extension (proximal-style): a masked entry whose step would carry it across
             0 is set to exactly 0 instead, so decayed weights rest at zero rather than oscillating
             around it by ±lr (sign(0) = 0 gives them no further push). False = the paper.
+        fused: update each masked weight with one compiled kernel (`sparsequant.training.fused`)
+            instead of the foreach passes: same maths, several times faster on a memory-bound CPU,
+            seconds of compile per weight shape on the first step. Plain params stay foreach.
         maximize: must be False (kept for signature compatibility with torch optimizers).
 
     Raises:
@@ -78,6 +82,7 @@ class AdamS(torch.optim.Optimizer):
         masked_lr_scale: float = 1.0,
         kept_second_moment: str = "momentum",
         stop_at_zero: bool = False,
+        fused: bool = False,
         maximize: bool = False,
     ) -> None:
         if maximize:
@@ -95,6 +100,7 @@ class AdamS(torch.optim.Optimizer):
                     "masked_lr_scale": masked_lr_scale, "kept_second_moment": kept_second_moment,
                     "stop_at_zero": stop_at_zero}
         super().__init__(params, defaults)
+        self._kernels = CompiledKernels() if fused else None
 
     def set_mask(self, param: torch.Tensor, mask: torch.Tensor | None) -> None:
         """Attach the keep-mask of `param` (True = kept), or remove it with ``None``.
@@ -154,6 +160,11 @@ class AdamS(torch.optim.Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError("AdamS does not support sparse gradients")
             self._init_param_state(p)
+        if self._kernels is not None:
+            self._fused_step(group, [p for p in params if "mask" in self.state[p]])
+            params = [p for p in params if "mask" not in self.state[p]]
+            if not params:
+                return
         states = [self.state[p] for p in params]
         # Local shards (the tensors themselves when not distributed). fp32 working copies of
         # non-fp32 params (none for fp32 masters) are written back at the end.
@@ -220,6 +231,30 @@ class AdamS(torch.optim.Optimizer):
         for shard, w in zip(shards, work, strict=True):
             if w is not shard:
                 shard.copy_(w)
+
+    def _fused_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """The masked params of `group`, one compiled kernel call each (`fused.adams_masked_update_`)."""
+        beta1, beta2 = group["betas"]
+        kept_from_gradient = group.get("kept_second_moment", "momentum") == "gradient"
+        scalars: dict[tuple[float, torch.device], MaskedStepScalars] = {}  # params usually share one step count
+        for p in params:
+            state = self.state[p]
+            state["step"] += 1
+            t = state["step"].item()
+            shard = local(p)
+            work = shard if shard.dtype == torch.float32 else shard.float()
+            key = (t, work.device)
+            if key not in scalars:
+                scalars[key] = MaskedStepScalars.build(
+                    work.device, alpha=group["alpha"], lam=group["lam"], one_minus_beta1=1.0 - beta1, beta2=beta2,
+                    one_minus_beta2=1.0 - beta2,
+                    step_size=-group["lr"] / (1.0 - beta1**t), bc2_sqrt=(1.0 - beta2**t) ** 0.5, eps=group["eps"],
+                    masked_lr_scale=group.get("masked_lr_scale", 1.0))
+            self._kernels.update_(work, local(p.grad).float(), local(state["exp_avg"]), local(state["exp_avg_sq"]),
+                                  local(state["mask"]), scalars[key], kept_from_gradient,
+                                  bool(group.get("stop_at_zero", False)))
+            if work is not shard:
+                shard.copy_(work)
 
     def _init_param_state(self, p: torch.Tensor) -> None:
         state = self.state[p]

@@ -18,6 +18,7 @@ from sparsequant.distributed.fsdp import like, local
 from sparsequant.sparsity.masks import NMPattern, apply_mask_, nm_mask
 from sparsequant.training.adams import AdamS, masked_weight_fraction
 from sparsequant.training.distill import distillation_loss
+from sparsequant.training.fused import CompiledKernels
 from sparsequant.training.loop import perplexity_from_nll
 from sparsequant.training.scaling import attach_scales_to_targets, fold_weight_scales_, master_weight
 from sparsequant.training.schedule import alpha_at
@@ -91,7 +92,8 @@ class CastTask:
             [{"params": list(self.weights.values()), "lam": cfg.lam, "masked_lr_scale": cfg.masked_lr_scale,
               "kept_second_moment": cfg.kept_second_moment, "stop_at_zero": cfg.stop_at_zero},
              {"params": others, "lam": 0.0}],  # scales, norms, embeddings: plain Adam, no decay
-            lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+            lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=cfg.fused)
+        self.kernels = CompiledKernels() if cfg.fused else None  # the mask recompute's compiled twin
         self.last_flip = 0.0
 
     def masks(self) -> dict[str, torch.Tensor]:
@@ -106,7 +108,7 @@ class CastTask:
             old = self.masks()
             for name, weight in self.weights.items():
                 # raw |W| (same ranking as A ⊙ W, A > 0 per block), on the local rows when sharded
-                mask = nm_mask(local(weight).detach().abs(), self.pattern)
+                mask = self._magnitude_mask(local(weight).detach())
                 if name in old:
                     flipped += int((local(old[name]) != mask).sum())
                     total += mask.numel()
@@ -114,6 +116,11 @@ class CastTask:
             flipped, total = self.dist.sum([flipped, total])
             self.last_flip = flipped / total if total else 0.0
         return {"alpha": alpha, "flip_rate": self.last_flip}
+
+    def _magnitude_mask(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.kernels is not None:
+            return self.kernels.mask(weight, self.pattern.n, self.pattern.m)
+        return nm_mask(weight.abs(), self.pattern)
 
     def loss(self, batch: torch.Tensor):
         return self.objective(self.model, batch)
@@ -166,7 +173,7 @@ class MaskedKDTask:
         self.after_step(-1)
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                           weight_decay=0.0, foreach=True)
+                                           weight_decay=0.0, foreach=not cfg.fused, fused=cfg.fused)
 
     def before_step(self, step: int) -> dict[str, float]:
         return {}
