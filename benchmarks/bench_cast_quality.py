@@ -107,9 +107,12 @@ def evaluations(wiki_windows: int) -> list[dict]:
             {"stage": "evaluate", "id": "eval_builtin", "config": {"text": "builtin", "seq_len": 512, "max_windows": 16}}]
 
 
-def run_one(name: str, first_stage: dict | None, out_dir: Path, wiki_windows: int) -> dict:
+def run_one(name: str, first_stage: dict | None, out_dir: Path, wiki_windows: int, seed: int = 0) -> dict:
+    """seed (the data order of training): 0 leaves the pipeline's default, so earlier run directories match."""
     stages = ([first_stage] if first_stage else []) + evaluations(wiki_windows)
     data = {"version": 1, "input": "smollm2-135m", "output_dir": str(out_dir / name), "stages": stages}
+    if seed:
+        data["seed"] = seed
     registry = Registry.default()
     loaded = validate_pipeline_data(data, {}, REPO / "benchmarks" / f"{name}.yaml", registry)
     result = run_pipeline(loaded, registry, progress=True)
@@ -167,6 +170,7 @@ def main() -> None:
     parser.add_argument("--wiki-windows", type=int, default=128, help="0 = the whole file")
     parser.add_argument("--include-json", nargs="*", default=[], metavar="JSON",
                         help="rows of earlier runs (this script's --json output) added to the table and plot")
+    parser.add_argument("--seed", type=int, default=0, help="training data order; runs named METHOD_sSEED@TOKENS")
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "bench_cast"))
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "cast_quality.json"))
     args = parser.parse_args()
@@ -179,9 +183,10 @@ def main() -> None:
     elif args.tune:
         rows += [run_one(f"{name}@{args.tune}", cast_stage(s, args.tune), out, args.wiki_windows) for name, s in TUNE.items()]
     else:
-        rows += [run_one(f"{m}@{tokens}", cast_stage(METHODS[m], tokens), out, args.wiki_windows)
+        tag = f"_s{args.seed}" if args.seed else ""
+        rows += [run_one(f"{m}{tag}@{tokens}", cast_stage(METHODS[m], tokens), out, args.wiki_windows, args.seed)
                  for tokens in args.budgets for m in args.methods
-                 if not args.existing or (out / f"{m}@{tokens}" / "03_eval_builtin" / "sparsequant.json").is_file()]
+                 if not args.existing or (out / f"{m}{tag}@{tokens}" / "03_eval_builtin" / "sparsequant.json").is_file()]
     for earlier in args.include_json:  # e.g. an earlier session's runs whose directories are gone
         names = {r["name"] for r in rows}
         rows += [r for r in json.loads(Path(earlier).read_text()) if r["name"] not in names]
