@@ -75,22 +75,22 @@ def nm_mask(scores: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
 def top_n_of_groups(groups: torch.Tensor, n: int) -> torch.Tensor:
     """(out, G, M) scores -> (out, G, M) bool, True for the N best of each group (lower index wins a tie).
 
-    rank_i = #{j < i : s_j >= s_i} + #{j > i : s_j > s_i}; keep rank_i < N. The M columns are
-    compared pairwise as (out, G) strided views into one uint8 (out, G) rank per column: for 2:4 on
-    SmolLM2's 210 weights this is 2.3x faster than accumulating a (out, G, M) rank over M broadcast
-    compares (our previous code) and 2.9x faster than torch.topk + scatter, and it compiles to one loop
-    (`sparsequant.training.fused`). Pure element-wise maths, no data-dependent control flow.
+    rank_i = #{j < i : s_j >= s_i} + #{j > i : s_j > s_i}; keep rank_i < N. Each pair i < j is compared
+    once: ``s_i >= s_j`` means i beats j (ties go to the lower index), otherwise j beats i. The M columns
+    are (out, G) strided views and each rank is one uint8 (out, G) tensor, so 2:4 costs 6 byte-wide
+    compares per group. On SmolLM2's 210 weights this is 2.3x faster than accumulating a (out, G, M) rank
+    over M broadcast compares (our previous code) and 2.9x faster than torch.topk + scatter
+    (benchmarks/README.md §2), and it compiles to one loop (`sparsequant.training.fused`).
     """
     m = groups.shape[-1]
     columns = [groups[..., i] for i in range(m)]  # M views (out, G)
-    keep = []
-    for i, s_i in enumerate(columns):
-        rank = torch.zeros(s_i.shape, dtype=torch.uint8, device=s_i.device)  # (out, G): entries ranked above s_i
-        for j, s_j in enumerate(columns):
-            if j != i:
-                rank += (s_j >= s_i) if j < i else (s_j > s_i)
-        keep.append(rank < n)
-    return torch.stack(keep, dim=-1)
+    ranks = [torch.zeros(columns[0].shape, dtype=torch.uint8, device=groups.device) for _ in range(m)]
+    for i in range(m):
+        for j in range(i + 1, m):
+            i_wins = columns[i] >= columns[j]
+            ranks[j] += i_wins
+            ranks[i] += ~i_wins
+    return torch.stack([rank < n for rank in ranks], dim=-1)
 
 
 @torch.no_grad()
