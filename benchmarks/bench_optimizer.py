@@ -71,6 +71,16 @@ def compute_masks(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
     return [nm_mask(p.detach().abs(), PATTERN) for p in params]
 
 
+def topk_masks(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    """The peer: torch.topk + scatter per group of M (no tie guarantee, hence not ours)."""
+    masks = []
+    for p in params:
+        groups = p.detach().abs().reshape(p.shape[0], -1, PATTERN.m)
+        keep = torch.zeros(groups.shape, dtype=torch.bool).scatter_(-1, groups.topk(PATTERN.n, dim=-1).indices, True)
+        masks.append(keep.reshape(p.shape))
+    return masks
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the options, run every timing and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{n_weights:,} fp32 weights; median of {args.steps} rounds after {args.warmup} warm-up")
 
     mask_s = time_calls(lambda: compute_masks(params), max(1, args.steps // 2), 1)
+    topk_s = time_calls(lambda: topk_masks(params), max(1, args.steps // 2), 1)
     masks = compute_masks(params)
     kernels = CompiledKernels()
     start = time.perf_counter()
@@ -127,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {name: (statistics.median(t), min(t)) for name, t in times.items()}
     results["nm_mask, all tensors"] = mask_s
     results["mask compiled, all"] = compiled_mask_s
+    results["torch.topk mask, all"] = topk_s
     reference = results["AdamW(foreach)"][0]
     print(f"\n{'what':<24} {'median ms':>10} {'min ms':>8} {'ns/weight':>10} {'vs AdamW':>9}")
     for name, (median, fastest) in results.items():
