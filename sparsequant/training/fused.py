@@ -82,11 +82,12 @@ class CompiledKernels:
     """
 
     def __init__(self) -> None:
-        compile_ = _compiler()
-        self._update = compile_(adams_masked_update_)
-        self._mask = compile_(nm_mask_of_magnitude)
+        # Static shapes: each weight shape compiles once; dynamic shapes would add guards for nothing.
+        self._update = torch.compile(adams_masked_update_, dynamic=False, fullgraph=True)
+        self._mask = torch.compile(nm_mask_of_magnitude, dynamic=False, fullgraph=True)
 
     def update_(self, *args, **kwargs) -> None:
+        """`adams_masked_update_`, compiled; same arguments."""
         _explained(self._update, *args, **kwargs)
 
     def mask(self, weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -97,10 +98,6 @@ class CompiledKernels:
 
 class FusedUnavailable(SparsequantError):
     """torch.compile could not build the fused kernels on this machine."""
-
-
-def _compiler() -> Callable[[Callable], Callable]:
-    return lambda fn: torch.compile(fn, dynamic=False, fullgraph=True)
 
 
 def _explained(fn: Callable, *args, **kwargs):
