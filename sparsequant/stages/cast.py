@@ -47,8 +47,8 @@ class CastConfig(StageConfig):
     autocast: Literal["bfloat16", "float32"] = "bfloat16"
     grad_clip: float | None = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
-    # One compiled kernel per weight for the AdamS step and the mask recompute (cast; masked_kd gets
-    # torch's fused AdamW): same maths, faster; needs torch.compile (g++ on CPU, Triton on CUDA).
+    # One compiled kernel per weight for the AdamS step and the mask recompute (cast; masked_kd and
+    # sr_ste get torch's fused AdamW): same maths, faster; needs torch.compile (g++ on CPU, Triton on CUDA).
     fused: bool = False
     log_interval: int = Field(10, ge=1)
     eval_interval: int | None = Field(None, ge=1)

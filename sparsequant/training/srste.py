@@ -65,7 +65,7 @@ class SRSTETask:
         self.weights = {name: linear.parametrizations.weight.original for name, linear in targets.items()}
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                           weight_decay=0.0, foreach=True)
+                                           weight_decay=0.0, foreach=not cfg.fused, fused=cfg.fused)
         # After gradient clipping, right before the update: the decay is a regulariser, not clipped.
         self.optimizer.register_step_pre_hook(lambda *_: self._add_decay())
         self.last_flip = 0.0

@@ -46,7 +46,7 @@ def test_exact_nm_and_excluded_layers_untouched(tmp_path, text_file, method, pat
     assert not any("parametrizations" in k for k in model.state_dict())
 
 
-@pytest.mark.parametrize("method", ["cast", "masked_kd"])
+@pytest.mark.parametrize("method", ["cast", "masked_kd", "sr_ste"])
 def test_fused_kernels_give_the_eager_result(tmp_path, text_file, method):
     """`fused: true` (compiled AdamS step and mask; torch's fused AdamW for masked_kd) changes speed only.
     fp32 forward: under bf16 autocast a 1e-8 weight difference can flip a bf16 rounding, and Adam's
