@@ -79,7 +79,7 @@ def top_n_of_groups(groups: torch.Tensor, n: int) -> torch.Tensor:
     once: ``s_i >= s_j`` means i beats j (ties go to the lower index), otherwise j beats i. The M columns
     are (out, G) strided views and each rank is one uint8 (out, G) tensor, so 2:4 costs 6 byte-wide
     compares per group. On SmolLM2's 210 weights this is 2.3x faster than accumulating a (out, G, M) rank
-    over M broadcast compares (our previous code) and 2.9x faster than torch.topk + scatter
+    over M broadcast compares (our previous code) and ~3x faster than torch.topk + scatter
     (benchmarks/README.md §2), and it compiles to one loop (`sparsequant.training.fused`).
     """
     m = groups.shape[-1]
