@@ -43,7 +43,7 @@ def parse_pattern(text: str) -> NMPattern:
     return NMPattern(n, m)
 
 
-def _grouped(tensor: torch.Tensor, m: int) -> torch.Tensor:
+def group_inputs(tensor: torch.Tensor, m: int) -> torch.Tensor:
     """(out, in) -> (out, in // m, m); raises ValueError when `in` is not a multiple of m."""
     if tensor.dim() != 2:
         raise ValueError(f"expected a 2-D (out, in) weight, got shape {tuple(tensor.shape)}")
@@ -66,7 +66,7 @@ def nm_mask(scores: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
     Returns:
         (out, in) bool tensor with exactly N True values in every group of M.
     """
-    groups = _grouped(scores.detach(), pattern.m)  # (out, G, M)
+    groups = group_inputs(scores.detach(), pattern.m)  # (out, G, M)
     if torch.isnan(groups).any():
         raise ValueError("scores contain NaN; cannot rank weights")
     return top_n_of_groups(groups, pattern.n).reshape(scores.shape)
@@ -102,7 +102,7 @@ def apply_mask_(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def count_nm_violations(weight: torch.Tensor, pattern: NMPattern) -> int:
     """Number of M-groups holding more than N non-zero entries."""
-    nonzero = (_grouped(weight.detach(), pattern.m) != 0).sum(dim=-1)
+    nonzero = (group_inputs(weight.detach(), pattern.m) != 0).sum(dim=-1)
     return int((nonzero > pattern.n).sum())
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from sparsequant.errors import SparsequantError
-from sparsequant.sparsity.masks import top_n_of_groups
+from sparsequant.sparsity.masks import group_inputs, top_n_of_groups
 
 
 @dataclass(frozen=True)
@@ -65,18 +65,18 @@ def adams_masked_update_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch
     param.copy_(updated)
 
 
-def nm_mask_of_magnitude(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """(out, in) weight -> (out, in) bool N:M mask of |W|, the same mask as `nm_mask(weight.abs(), ...)`.
+def top_n_of_magnitude(groups: torch.Tensor, n: int) -> torch.Tensor:
+    """(out, G, M) weights -> (out, G, M) bool, the N largest |W| of each group: `nm_mask(weight.abs(), ...)`
+    on weights already split by `group_inputs` (which checks the shape outside the compiled loop).
 
     No NaN check: the caller's loss check stops training before a NaN reaches the weights, and a
     data-dependent raise would split the compiled loop.
     """
-    groups = weight.detach().abs().reshape(weight.shape[0], weight.shape[1] // m, m)  # (out, G, M)
-    return top_n_of_groups(groups, n).reshape(weight.shape)
+    return top_n_of_groups(groups.abs(), n)
 
 
 class CompiledKernels:
-    """torch.compile'd `adams_masked_update_` and `nm_mask_of_magnitude`, one instance per training run
+    """torch.compile'd `adams_masked_update_` and `top_n_of_magnitude`, one instance per training run
     (no module-level state). The first call per shape compiles (seconds on CPU); a missing compiler
     becomes a `FusedUnavailable` that says how to turn the option off.
     """
@@ -84,16 +84,15 @@ class CompiledKernels:
     def __init__(self) -> None:
         # Static shapes: each weight shape compiles once; dynamic shapes would add guards for nothing.
         self._update = torch.compile(adams_masked_update_, dynamic=False, fullgraph=True)
-        self._mask = torch.compile(nm_mask_of_magnitude, dynamic=False, fullgraph=True)
+        self._mask = torch.compile(top_n_of_magnitude, dynamic=False, fullgraph=True)
 
     def update_(self, *args, **kwargs) -> None:
         """`adams_masked_update_`, compiled; same arguments."""
         _explained(self._update, *args, **kwargs)
 
     def mask(self, weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
-        if weight.dim() != 2 or weight.shape[1] % m:
-            raise ValueError(f"expected a 2-D (out, in) weight with in divisible by {m}, got {tuple(weight.shape)}")
-        return _explained(self._mask, weight, n, m)
+        """(out, in) weight -> (out, in) bool N:M mask of |W|; ValueError for a shape N:M cannot split."""
+        return _explained(self._mask, group_inputs(weight.detach(), m), n).reshape(weight.shape)
 
 
 class FusedUnavailable(SparsequantError):

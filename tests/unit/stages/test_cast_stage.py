@@ -48,7 +48,8 @@ def test_exact_nm_and_excluded_layers_untouched(tmp_path, text_file, method, pat
 
 @pytest.mark.parametrize("method", ["cast", "masked_kd", "sr_ste"])
 def test_fused_kernels_give_the_eager_result(tmp_path, text_file, method):
-    """`fused: true` (compiled AdamS step and mask; torch's fused AdamW for masked_kd) changes speed only.
+    """`fused: true` (compiled AdamS step and mask; torch's fused AdamW for masked_kd and sr_ste) changes
+    speed only.
     fp32 forward: under bf16 autocast a 1e-8 weight difference can flip a bf16 rounding, and Adam's
     normalised steps grow that into lr-sized differences within a few steps."""
     for sub in ("eager", "fused"):

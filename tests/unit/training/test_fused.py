@@ -67,7 +67,7 @@ def test_compiled_mask_equals_nm_mask_with_ties(n, m):
 
 
 def test_compiled_mask_rejects_bad_shape():
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ValueError, match="not divisible by M=4"):
         CompiledKernels().mask(torch.ones(4, 6), 2, 4)
 
 
