@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sparsequant.artifact import Artifact
 from sparsequant.sparsity.masks import parse_pattern
 from sparsequant.sparsity.report import nm_failures
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -26,20 +31,24 @@ class VerifyReport:
         return self.checksum_failures + self.nm_failures + self.grid_failures
 
 
-def read_target_weights(artifact: Artifact, names: list[str]) -> dict:
-    """{layer name: (out, in) weight} for `names`, read lazily from the safetensors files."""
+def iter_target_weights(artifact: Artifact, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(layer name, (out, in) weight) for each of `names` found, read lazily from the safetensors
+    files one tensor at a time (a 7B model's targets need not fit in memory together)."""
     from safetensors import safe_open
 
     wanted = {f"{name}.weight": name for name in names}
-    found = {}
     for file in sorted(f for f in artifact.manifest.model.files if f.endswith(".safetensors")):
         if file.startswith(("exports/", "adapter/")) or file == "quantization.safetensors":
             continue
         with safe_open(str(artifact.path / file), framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if key in wanted:
-                    found[wanted[key]] = handle.get_tensor(key)
-    return found
+                    yield wanted[key], handle.get_tensor(key)
+
+
+def read_target_weights(artifact: Artifact, names: list[str]) -> dict:
+    """{layer name: (out, in) weight} for `names`, read from the safetensors files."""
+    return dict(iter_target_weights(artifact, names))
 
 
 def grid_failures(artifact: Artifact) -> tuple[list[str], int]:

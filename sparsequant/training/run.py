@@ -11,7 +11,8 @@ import torch
 from sparsequant.data.blocks import BlockStream, pack_token_blocks
 from sparsequant.data.sources import load_text
 from sparsequant.errors import StageError
-from sparsequant.sparsity.masks import nm_mask
+from sparsequant.sparsity.masks import nm_mask, support_mask
+from sparsequant.sparsity.report import kept_in_both
 from sparsequant.training.loop import METRICS_FILE, LoopSettings, perplexity_from_nll, train_loop
 from sparsequant.training.schedule import decay_travel_bound, recommended_steps
 from sparsequant.training.srste import SRSTETask
@@ -47,6 +48,23 @@ def budget_warning(cfg, q90: float) -> tuple[float, str | None]:
                     f"the masked weights are larger than {q90:.3g}; the final hard prune will cost accuracy. About "
                     f"{recommended_steps(q90, cfg.lr * cfg.masked_lr_scale)} steps at lr={cfg.lr:g} are needed (or a "
                     "larger masked_lr_scale, lr, or alpha_ramp < 1).")
+
+
+def kept_from_one_shot(artifact, model, target_names, pattern) -> float | None:
+    """Share of the input model's one-shot magnitude N:M mask that the trained model still keeps:
+    1.0 means training never moved the mask (masked_kd by construction; CAST when its decay wins
+    before the gradient can reorder a group). The dense weights are read from the input artifact's
+    files one layer at a time, so nothing extra is held in memory during training."""
+    from sparsequant.verify import iter_target_weights
+
+    modules = dict(model.named_modules())
+    shared = total = 0
+    for name, dense in iter_target_weights(artifact, list(target_names)):
+        weight = modules[name].weight.detach()  # (out, in), exact N:M after the finish
+        reference = nm_mask(dense.to(weight.device, torch.float32).abs(), pattern)
+        both, kept = kept_in_both(support_mask(weight, pattern), reference)
+        shared, total = shared + both, total + kept
+    return shared / total if total else None
 
 
 def freeze_untargeted_linears(model, targets) -> list[str]:
@@ -142,11 +160,14 @@ def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
         task.finish()
     report.model = model
     last = result.last
+    kept = kept_from_one_shot(artifact, model, targets, pattern)
+    if kept is not None:
+        ctx.log.info(f"{cfg.method}: the final mask keeps {kept:.2%} of the one-shot magnitude mask's entries")
     report.metrics |= {
         "steps": cfg.steps, "world_size": dist.world_size, "tokens": cfg.steps * cfg.batch_size * cfg.grad_accum * cfg.data.block_size,
         "seconds": round(result.seconds, 1), "resumed_from": result.resumed_from,
         "final_loss": last.get("loss"), "final_kl": last.get("kl"), "final_ce": last.get("ce"),
-        "masked_mass_before_prune": last.get("masked_mass"),
+        "masked_mass_before_prune": last.get("masked_mass"), "kept_from_one_shot_mask": kept,
         "heldout_ppl_pruned": perplexity_from_nll(heldout_nll(model, heldout, _dtype(cfg.autocast))),
     }
     report.extra_files[METRICS_FILE] = ctx.work_dir / METRICS_FILE

@@ -41,9 +41,23 @@ def test_exact_nm_and_excluded_layers_untouched(tmp_path, text_file, method, pat
     rows = [json.loads(line) for line in (out.path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(12))
     assert "heldout_ppl" in rows[9] and "tokens_per_s" in rows[4]
+    dense_weights = read_target_weights(dense, list(weights))
+    kept = sum(_kept_by_both(w, dense_weights[name], n, m) for name, w in weights.items())
+    total = sum(w.numel() * n // m for w in weights.values())
+    assert train["kept_from_one_shot_mask"] == pytest.approx(kept / total, abs=1e-12)
+    if method == "masked_kd":  # the control trains on the one-shot mask by construction
+        assert train["kept_from_one_shot_mask"] == 1.0
     # The saved model is a plain Llama: no parametrizations, no scales left behind.
     model, _ = out.load_model()
     assert not any("parametrizations" in k for k in model.state_dict())
+
+
+def _kept_by_both(trained: torch.Tensor, dense: torch.Tensor, n: int, m: int) -> int:
+    """Entries non-zero in `trained` (out, in) and among the N largest |w| of their M-group in `dense`:
+    torch.topk as the independent reference for the stage's nm_mask (random weights: no ties)."""
+    groups = dense.abs().reshape(dense.shape[0], -1, m)
+    one_shot = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(n, dim=-1).indices, True)
+    return int(((trained != 0) & one_shot.reshape(dense.shape)).sum())
 
 
 @pytest.mark.parametrize("method", ["cast", "masked_kd", "sr_ste"])
