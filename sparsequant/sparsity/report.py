@@ -36,8 +36,3 @@ def zero_fractions(weights: Mapping[str, torch.Tensor]) -> tuple[dict[str, float
     zeros = sum(int((w == 0).sum()) for w in weights.values())
     return per_layer, (zeros / total if total else 0.0)
 
-
-def kept_in_both(mask: torch.Tensor, reference: torch.Tensor) -> tuple[int, int]:
-    """(entries kept by both boolean masks, entries kept by `reference`): how much of a reference
-    mask (e.g. the one-shot magnitude mask of the input model) a trained mask still keeps."""
-    return int((mask & reference).sum()), int(reference.sum())

@@ -11,8 +11,8 @@ import torch
 from sparsequant.data.blocks import BlockStream, pack_token_blocks
 from sparsequant.data.sources import load_text
 from sparsequant.errors import StageError
-from sparsequant.sparsity.masks import nm_mask, support_mask
-from sparsequant.sparsity.report import kept_in_both
+from sparsequant.sparsity.drift import kept_from_one_shot
+from sparsequant.sparsity.masks import nm_mask
 from sparsequant.training.loop import METRICS_FILE, LoopSettings, perplexity_from_nll, train_loop
 from sparsequant.training.schedule import decay_travel_bound, recommended_steps
 from sparsequant.training.srste import SRSTETask
@@ -48,23 +48,6 @@ def budget_warning(cfg, q90: float) -> tuple[float, str | None]:
                     f"the masked weights are larger than {q90:.3g}; the final hard prune will cost accuracy. About "
                     f"{recommended_steps(q90, cfg.lr * cfg.masked_lr_scale)} steps at lr={cfg.lr:g} are needed (or a "
                     "larger masked_lr_scale, lr, or alpha_ramp < 1).")
-
-
-def kept_from_one_shot(artifact, model, target_names, pattern) -> float | None:
-    """Share of the input model's one-shot magnitude N:M mask that the trained model still keeps:
-    1.0 means training never moved the mask (masked_kd by construction; CAST when its decay wins
-    before the gradient can reorder a group). The dense weights are read from the input artifact's
-    files one layer at a time, so nothing extra is held in memory during training."""
-    from sparsequant.verify import iter_target_weights
-
-    modules = dict(model.named_modules())
-    shared = total = 0
-    for name, dense in iter_target_weights(artifact, list(target_names)):
-        weight = modules[name].weight.detach()  # (out, in), exact N:M after the finish
-        reference = nm_mask(dense.to(weight.device, torch.float32).abs(), pattern)
-        both, kept = kept_in_both(support_mask(weight, pattern), reference)
-        shared, total = shared + both, total + kept
-    return shared / total if total else None
 
 
 def freeze_untargeted_linears(model, targets) -> list[str]:
@@ -160,7 +143,8 @@ def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
         task.finish()
     report.model = model
     last = result.last
-    kept = kept_from_one_shot(artifact, model, targets, pattern)
+    modules = dict(model.named_modules())  # in a distributed run: rank 0's gathered copy, not `targets`
+    kept = kept_from_one_shot(artifact, {name: modules[name].weight.detach() for name in targets}, pattern)
     if kept is not None:
         ctx.log.info(f"{cfg.method}: the final mask keeps {kept:.2%} of the one-shot magnitude mask's entries")
     report.metrics |= {

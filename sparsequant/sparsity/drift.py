@@ -1,0 +1,40 @@
+"""How far training moved an N:M mask away from the one-shot magnitude mask of its input model.
+
+CAST's case for itself (cast-notes §1.1) is that its mask keeps adapting while masked weights shrink;
+the masked-KD control never moves its mask. This measures what a run actually did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import torch
+
+from sparsequant.sparsity.masks import NMPattern, nm_mask, support_mask
+
+if TYPE_CHECKING:
+    from sparsequant.artifact import Artifact
+
+
+def kept_in_both(mask: torch.Tensor, reference: torch.Tensor) -> tuple[int, int]:
+    """(entries kept by both boolean masks, entries kept by `reference`)."""
+    return int((mask & reference).sum()), int(reference.sum())
+
+
+def kept_from_one_shot(dense: Artifact, trained: Mapping[str, torch.Tensor], pattern: NMPattern) -> float | None:
+    """Share of the dense model's one-shot magnitude N:M mask that the trained N:M weights still keep
+    (1.0: the mask never moved; ~N/M: unrelated masks). None when no target is found in `dense`.
+
+    trained: {layer name: (out, in) exact N:M weight}. The dense weights are read from the artifact's
+    files one layer at a time, so a training run holds nothing extra in memory for this.
+    """
+    from sparsequant.verify import iter_target_weights
+
+    shared = total = 0
+    for name, weight in iter_target_weights(dense, list(trained)):
+        final = support_mask(trained[name], pattern)
+        one_shot = nm_mask(weight.to(final.device, torch.float32).abs(), pattern)
+        both, kept = kept_in_both(final, one_shot)
+        shared, total = shared + both, total + kept
+    return shared / total if total else None
