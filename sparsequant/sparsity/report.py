@@ -35,4 +35,3 @@ def zero_fractions(weights: Mapping[str, torch.Tensor]) -> tuple[dict[str, float
     total = sum(w.numel() for w in weights.values())
     zeros = sum(int((w == 0).sum()) for w in weights.values())
     return per_layer, (zeros / total if total else 0.0)
-
