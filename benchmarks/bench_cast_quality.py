@@ -111,15 +111,25 @@ TUNE = {
 }
 
 
-def evaluations(wiki_windows: int) -> list[dict]:
+def evaluations(wiki_windows: int, heldout: str) -> list[dict]:
+    """WikiText-2 test and the held-out text of the training distribution (16 × 512 tokens).
+
+    heldout: "builtin" (the built-in corpus' held-out split; stage id kept as in earlier rounds so their
+    run directories still match) or a text file that the training source does not contain.
+    """
     wiki = {"text": str(WIKI), "seq_len": 512, "name": "wiki"} | ({"max_windows": wiki_windows} if wiki_windows else {})
+    own = {"text": heldout, "seq_len": 512, "max_windows": 16}
+    own_id = "eval_builtin" if heldout == "builtin" else "eval_heldout"
+    if heldout != "builtin":
+        own["name"] = "heldout"
     return [{"stage": "evaluate", "id": "eval_wiki", "config": wiki},
-            {"stage": "evaluate", "id": "eval_builtin", "config": {"text": "builtin", "seq_len": 512, "max_windows": 16}}]
+            {"stage": "evaluate", "id": own_id, "config": own}]
 
 
-def run_one(name: str, first_stage: dict | None, out_dir: Path, wiki_windows: int, seed: int = 0) -> dict:
+def run_one(name: str, first_stage: dict | None, out_dir: Path, wiki_windows: int, seed: int = 0,
+            heldout: str = "builtin") -> dict:
     """seed (the data order of training): 0 leaves the pipeline's default, so earlier run directories match."""
-    stages = ([first_stage] if first_stage else []) + evaluations(wiki_windows)
+    stages = ([first_stage] if first_stage else []) + evaluations(wiki_windows, heldout)
     data = {"version": 1, "input": "smollm2-135m", "output_dir": str(out_dir / name), "stages": stages}
     if seed:
         data["seed"] = seed
@@ -138,25 +148,26 @@ def run_one(name: str, first_stage: dict | None, out_dir: Path, wiki_windows: in
     return row
 
 
-def cast_stage(settings: dict, tokens: int) -> dict:
+def cast_stage(settings: dict, tokens: int, source: str = "builtin") -> dict:
     batch = settings.get("batch_size", BATCH)
     steps = max(1, tokens // (batch * BLOCK))
-    config = {**settings, "steps": steps, "batch_size": batch, "data": {"source": "builtin", "block_size": BLOCK},
+    config = {**settings, "steps": steps, "batch_size": batch, "data": {"source": source, "block_size": BLOCK},
               "eval_interval": max(steps // 4, 1), "eval_blocks": 8, "checkpoint_interval": max(25, steps // 8)}
     return {"stage": "cast", "config": config}
 
 
 def _ppl(row: dict, prefix: str) -> float:
-    return next(v for k, v in row["perplexity"].items() if k.startswith(prefix))
+    """The perplexity whose key starts with prefix; prefix "" = the held-out one (any key but wiki's)."""
+    return next(v for k, v in row["perplexity"].items() if k.startswith(prefix) and not (prefix == "" and k.startswith("wiki")))
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """Perplexity of the 2:4 model vs training tokens, one line per method: WikiText-2 and built-in held-out."""
+def plot(rows: list[dict], path: Path, heldout_label: str = "built-in held-out (16 × 512)") -> None:
+    """Perplexity of the 2:4 model vs training tokens, one line per method: WikiText-2 and the held-out text."""
     from matplotlib.figure import Figure  # object API: no pyplot state
 
     fig = Figure(figsize=(11, 4))
     for ax, (prefix, label) in zip(fig.subplots(1, 2), [("wiki", "WikiText-2 test (64 × 512)"),
-                                                         ("builtin", "built-in held-out (16 × 512)")], strict=True):
+                                                         ("", heldout_label)], strict=True):
         for method in dict.fromkeys(r["name"].split("@")[0] for r in rows if "@" in r["name"]):
             points = sorted((r["train"]["tokens"], _ppl(r, prefix)) for r in rows if r["name"].startswith(method + "@"))
             ax.plot(*zip(*points, strict=True), marker="o", linestyle="-" if "cast" in method else "--", label=method)
@@ -181,22 +192,32 @@ def main() -> None:
     parser.add_argument("--include-json", nargs="*", default=[], metavar="JSON",
                         help="rows of earlier runs (this script's --json output) added to the table and plot")
     parser.add_argument("--seed", type=int, default=0, help="training data order; runs named METHOD_sSEED@TOKENS")
+    parser.add_argument("--train-text", default="builtin",
+                        help="training source: builtin or a text file (e.g. benchmarks/austen_corpus.py's)")
+    parser.add_argument("--heldout-text", default="builtin", help="in-distribution evaluation text (16 × 512)")
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "bench_cast"))
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "cast_quality.json"))
     args = parser.parse_args()
     out = Path(args.out_dir)
+    if (args.train_text == "builtin") != (args.heldout_text == "builtin"):
+        parser.error("--train-text and --heldout-text: give both as files, or leave both builtin")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    rows = [run_one("dense", None, out, args.wiki_windows),
-            run_one("magnitude", {"stage": "prune", "config": {"method": "magnitude"}}, out, args.wiki_windows)]
+    heldout = args.heldout_text if args.heldout_text == "builtin" else str(Path(args.heldout_text).resolve())
+    source = args.train_text if args.train_text == "builtin" else str(Path(args.train_text).resolve())
+    done = "03_eval_builtin" if heldout == "builtin" else "03_eval_heldout"
+    rows = [run_one("dense", None, out, args.wiki_windows, heldout=heldout),
+            run_one("magnitude", {"stage": "prune", "config": {"method": "magnitude"}}, out, args.wiki_windows,
+                    heldout=heldout)]
     if args.sweep:
         rows += [run_one(f"sweep_{name}", cast_stage(s, 32768), out, args.wiki_windows) for name, s in SWEEP.items()]
     elif args.tune:
         rows += [run_one(f"{name}@{args.tune}", cast_stage(s, args.tune), out, args.wiki_windows) for name, s in TUNE.items()]
     else:
         tag = f"_s{args.seed}" if args.seed else ""
-        rows += [run_one(f"{m}{tag}@{tokens}", cast_stage(METHODS[m], tokens), out, args.wiki_windows, args.seed)
+        rows += [run_one(f"{m}{tag}@{tokens}", cast_stage(METHODS[m], tokens, source), out, args.wiki_windows,
+                         args.seed, heldout)
                  for tokens in args.budgets for m in args.methods
-                 if not args.existing or (out / f"{m}{tag}@{tokens}" / "03_eval_builtin" / "sparsequant.json").is_file()]
+                 if not args.existing or (out / f"{m}{tag}@{tokens}" / done / "sparsequant.json").is_file()]
     for earlier in args.include_json:  # e.g. an earlier session's runs whose directories are gone
         names = {r["name"] for r in rows}
         rows += [r for r in json.loads(Path(earlier).read_text()) if r["name"] not in names]
@@ -206,7 +227,8 @@ def main() -> None:
         print(f"| {r['name']} | {t.get('tokens', '')} | {t.get('seconds', '')} | " +
               " | ".join(f"{k}={v:.2f}" for k, v in sorted(r["perplexity"].items())) + " |")
     if not (args.sweep or args.tune):
-        plot(rows, Path(args.json).with_suffix(".png"))
+        label = "built-in held-out" if heldout == "builtin" else Path(heldout).name
+        plot(rows, Path(args.json).with_suffix(".png"), f"{label} (16 × 512)")
 
 
 if __name__ == "__main__":
