@@ -19,9 +19,10 @@ import json
 import subprocess
 from pathlib import Path
 
+from sparsequant.fsutil import atomic_write_text
+
 TRAIN = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey")
 HELDOUT = ("persuasion",)
-
 
 
 def novel_lines(name: str) -> list[str]:
@@ -52,9 +53,7 @@ def reflow(lines: list[str]) -> list[str]:
 def write_text(path: Path, names: tuple[str, ...]) -> dict:
     paragraphs = [p for name in names for p in reflow(novel_lines(name))]
     text = "\n".join(paragraphs) + "\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)  # atomic: a half-written corpus never has the final name
+    atomic_write_text(path, text)  # a half-written corpus never has the final name
     return {"file": path.name, "novels": list(names), "paragraphs": len(paragraphs), "chars": len(text)}
 
 

@@ -116,19 +116,27 @@ TUNE = {
 }
 
 
+def text_arg(value: str) -> str:
+    """"builtin" as is; a file as an absolute path (the pipeline resolves relative paths against
+    benchmarks/, not the caller's working directory)."""
+    return value if value == "builtin" else str(Path(value).resolve())
+
+
+def heldout_stage_id(heldout: str) -> str:
+    """The in-distribution evaluation's stage id: "eval_builtin" as in earlier rounds, so their run
+    directories still match, else "eval_heldout"."""
+    return "eval_builtin" if heldout == "builtin" else "eval_heldout"
+
+
 def evaluations(wiki_windows: int, heldout: str) -> list[dict]:
     """WikiText-2 test and the held-out text of the training distribution (16 × 512 tokens).
 
-    heldout: "builtin" (the built-in corpus' held-out split; stage id kept as in earlier rounds so their
-    run directories still match) or a text file that the training source does not contain.
+    heldout: "builtin" (the built-in corpus' held-out split) or a text file the training source does not contain.
     """
     wiki = {"text": str(WIKI), "seq_len": 512, "name": "wiki"} | ({"max_windows": wiki_windows} if wiki_windows else {})
-    own = {"text": heldout, "seq_len": 512, "max_windows": 16}
-    own_id = "eval_builtin" if heldout == "builtin" else "eval_heldout"
-    if heldout != "builtin":
-        own["name"] = "heldout"
+    own = {"text": heldout, "seq_len": 512, "max_windows": 16} | ({} if heldout == "builtin" else {"name": "heldout"})
     return [{"stage": "evaluate", "id": "eval_wiki", "config": wiki},
-            {"stage": "evaluate", "id": own_id, "config": own}]
+            {"stage": "evaluate", "id": heldout_stage_id(heldout), "config": own}]
 
 
 def run_one(name: str, first_stage: dict | None, out_dir: Path, wiki_windows: int, seed: int = 0,
@@ -161,9 +169,9 @@ def cast_stage(settings: dict, tokens: int, source: str = "builtin") -> dict:
     return {"stage": "cast", "config": config}
 
 
-def _ppl(row: dict, prefix: str) -> float:
-    """The perplexity whose key starts with prefix; prefix "" = the held-out one (any key but wiki's)."""
-    return next(v for k, v in row["perplexity"].items() if k.startswith(prefix) and not (prefix == "" and k.startswith("wiki")))
+def _ppl(row: dict, wiki: bool) -> float:
+    """WikiText's perplexity (wiki=True) or the held-out text's: a row has exactly these two."""
+    return next(v for k, v in row["perplexity"].items() if k.startswith("wiki") == wiki)
 
 
 def plot(rows: list[dict], path: Path, heldout_label: str = "built-in held-out (16 × 512)",
@@ -172,14 +180,14 @@ def plot(rows: list[dict], path: Path, heldout_label: str = "built-in held-out (
     from matplotlib.figure import Figure  # object API: no pyplot state
 
     fig = Figure(figsize=(11, 4))
-    for ax, (prefix, label) in zip(fig.subplots(1, 2), [("wiki", "WikiText-2 test (64 × 512)"),
-                                                         ("", heldout_label)], strict=True):
+    for ax, (wiki, label) in zip(fig.subplots(1, 2), [(True, "WikiText-2 test (64 × 512)"), (False, heldout_label)],
+                                 strict=True):
         for method in dict.fromkeys(r["name"].split("@")[0] for r in rows if "@" in r["name"]):
-            points = sorted((r["train"]["tokens"], _ppl(r, prefix)) for r in rows if r["name"].startswith(method + "@"))
+            points = sorted((r["train"]["tokens"], _ppl(r, wiki)) for r in rows if r["name"].startswith(method + "@"))
             ax.plot(*zip(*points, strict=True), marker="o", linestyle="-" if "cast" in method else "--", label=method)
         for r in rows:
             if r["name"] in ("dense", "magnitude"):
-                ax.axhline(_ppl(r, prefix), linestyle=":", color="grey" if r["name"] == "dense" else "red", label=r["name"])
+                ax.axhline(_ppl(r, wiki), linestyle=":", color="grey" if r["name"] == "dense" else "red", label=r["name"])
         ax.set(xscale="log", yscale="log", xlabel="training tokens", ylabel=f"perplexity, {label}")
         ax.legend(fontsize=7)
     fig.suptitle(f"SmolLM2-135M 2:4: CAST vs masked KD at equal tokens, trained on {trained_on}")
@@ -198,9 +206,10 @@ def main() -> None:
     parser.add_argument("--include-json", nargs="*", default=[], metavar="JSON",
                         help="rows of earlier runs (this script's --json output) added to the table and plot")
     parser.add_argument("--seed", type=int, default=0, help="training data order; runs named METHOD_sSEED@TOKENS")
-    parser.add_argument("--train-text", default="builtin",
+    parser.add_argument("--train-text", default="builtin", type=text_arg,
                         help="training source: builtin or a text file (e.g. benchmarks/austen_corpus.py's)")
-    parser.add_argument("--heldout-text", default="builtin", help="in-distribution evaluation text (16 × 512)")
+    parser.add_argument("--heldout-text", default="builtin", type=text_arg,
+                        help="in-distribution evaluation text (16 × 512)")
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "bench_cast"))
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "cast_quality.json"))
     args = parser.parse_args()
@@ -208,9 +217,8 @@ def main() -> None:
     if (args.train_text == "builtin") != (args.heldout_text == "builtin"):
         parser.error("--train-text and --heldout-text: give both as files, or leave both builtin")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    heldout = args.heldout_text if args.heldout_text == "builtin" else str(Path(args.heldout_text).resolve())
-    source = args.train_text if args.train_text == "builtin" else str(Path(args.train_text).resolve())
-    done = "03_eval_builtin" if heldout == "builtin" else "03_eval_heldout"
+    heldout, source = args.heldout_text, args.train_text
+    done = f"03_{heldout_stage_id(heldout)}"  # a training run's last stage: import, cast, eval_wiki, then this
     rows = [run_one("dense", None, out, args.wiki_windows, heldout=heldout),
             run_one("magnitude", {"stage": "prune", "config": {"method": "magnitude"}}, out, args.wiki_windows,
                     heldout=heldout)]
