@@ -177,7 +177,7 @@ def load_pipeline(path: Path, registry: Registry, overrides: list[str] = ()) -> 
     """Read, override and validate a pipeline file; one ConfigError lists every problem."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read pipeline file {path}: {exc.strerror}; check the path") from exc
     try:

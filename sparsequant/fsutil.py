@@ -42,7 +42,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so a reader sees the old file or the whole new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
     with disk_errors(path):
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
 
 

@@ -95,7 +95,7 @@ def read_manifest(path: Path) -> Manifest:
             "model with `sparsequant import SOURCE --out DIR`."
         )
     try:
-        data = json.loads(file.read_text())
+        data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{file} is not valid JSON ({exc}); the artifact is damaged, re-create it") from exc
     version = data.get("schema_version") if isinstance(data, dict) else None

@@ -103,7 +103,7 @@ def load_sharded(work_dir: Path, config_sha256: str, model, optimizer) -> dict[s
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     for path in reversed(complete(work_dir)):
-        meta = json.loads((path / META).read_text())
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
         if meta.get("config_sha256") != config_sha256:
             continue
         state = _state(model, optimizer)

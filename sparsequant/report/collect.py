@@ -111,5 +111,6 @@ def training_curves(found: list[Found]) -> dict[str, list[dict[str, Any]]]:
     for f in found:
         log = f.path / "metrics.jsonl"
         if log.is_file() and f.manifest.stage.name not in PASSTHROUGH_STAGES:
-            curves[f"{f.run}/{f.path.name}"] = [json.loads(line) for line in log.read_text().splitlines() if line]
+            lines = log.read_text(encoding="utf-8").splitlines()
+            curves[f"{f.run}/{f.path.name}"] = [json.loads(line) for line in lines if line]
     return curves

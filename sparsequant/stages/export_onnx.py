@@ -86,7 +86,7 @@ class ExportOnnxStage:
             report = {"weights": mode, **graph_report, **self._check(model, tokenizer, path)}
         report |= {"onnx_bytes": sum(f.stat().st_size for f in out.glob("model.onnx*")),
                    "seconds": round(time.time() - started, 1), "peak_rss_mb": peak_rss_mb()}
-        (out / "onnx_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "onnx_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         self._enforce(report)
         warnings = [SPARSE_KERNEL_NOTE] if mode in ("int4", "int8") and artifact.manifest.sparsity else []
         for warning in warnings:

@@ -84,10 +84,10 @@ class ExportTrtStage:
         out.mkdir(parents=True, exist_ok=True)
         report = build_engine(onnx_path, out / "model.engine", builder_flags(cfg.precision, has_qdq), shapes,
                               cfg.workspace_gb, ctx.work_dir / "timing.cache")
-        (out / "trt_build.log").write_text("\n".join(report.pop("log")) + "\n")
+        (out / "trt_build.log").write_text("\n".join(report.pop("log")) + "\n", encoding="utf-8")
         summary = {"status": "built", "precision": cfg.precision, **report["sparsity"],
                    "seconds": round(time.time() - started, 1)}
-        (out / "trt_report.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out / "trt_report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         files = {f"{EXPORT_DIR}/{f.name}": f for f in sorted(out.iterdir())}
         return write_model_artifact(self.name, cfg, ctx, started, artifact, None, None, reuse_parent_files=True,
                                     extra_files=files, metrics={"export_trt": summary})

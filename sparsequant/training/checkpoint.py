@@ -87,7 +87,7 @@ def complete_checkpoints(work_dir: Path) -> list[Path]:
 def load_latest(work_dir: Path, config_sha256: str) -> dict[str, Any] | None:
     """The newest complete checkpoint made by this exact stage run, or None."""
     for path in reversed(complete_checkpoints(work_dir)):
-        meta = json.loads((path / META).read_text())
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
         if meta.get("config_sha256") != config_sha256:
             continue
         return {

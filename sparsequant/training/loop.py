@@ -105,7 +105,8 @@ def _resume_sharded(task: TrainTask, stream: BlockStream, work_dir: Path, sha: s
 def _truncate_metrics(path: Path, step: int) -> None:
     # Rows logged after the checkpoint will be logged again by the resumed run.
     if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < step]
+        lines = path.read_text(encoding="utf-8").splitlines()
+        rows = [line for line in lines if line and json.loads(line)["step"] < step]
         atomic_write_text(path, "".join(row + "\n" for row in rows))
 
 
@@ -180,7 +181,7 @@ def train_loop(task: TrainTask, stream: BlockStream, settings: LoopSettings, wor
             task.model.train()
         row["tokens"] = done * tokens_per_step
         if dist.is_main:
-            with open(work_dir / METRICS_FILE, "a") as handle:
+            with open(work_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
         last = row
         bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in _SHOWN}, refresh=False)
