@@ -7,6 +7,8 @@ Usage:
   .venv/bin/python benchmarks/bench_cast_quality.py --budgets 131072 --methods masked_kd_lr5e-4 cast_lr5e-4
   .venv/bin/python benchmarks/bench_cast_quality.py --existing --budgets 65536 --methods cast_eta1_b1 \
       --include-json benchmarks/results/cast_quality_round2.json   # finished runs + an earlier round's rows
+  .venv/bin/python benchmarks/bench_cast_quality.py --budgets --include-json ROWS.json \
+      --full-file RUN@TOKENS=EVAL.json ...   # + a plot with `sparsequant eval --json` full-file WikiText results
 
 Every run is an ordinary pipeline (import -> cast | prune -> evaluate x2) under --out-dir, so a
 re-run reuses finished runs. Results: JSON + markdown rows on stdout + a PNG of perplexity vs tokens.
@@ -26,6 +28,7 @@ from sparsequant.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 WIKI = REPO.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
+FOUNDATION = REPO / "benchmarks" / "results" / "foundation_quality.json"  # §1: dense and magnitude, full file
 BLOCK, BATCH = 256, 4
 
 # Round 1 (benchmarks/README.md §3a): the paper's lr 1e-4. Round 2 (§3b): 5× the learning rate and,
@@ -174,22 +177,61 @@ def _ppl(row: dict, wiki: bool) -> float:
     return next(v for k, v in row["perplexity"].items() if k.startswith("wiki") == wiki)
 
 
+def full_file_arg(value: str) -> tuple[str, Path]:
+    """RUN=JSON: a run's name (METHOD@TOKENS) and its `sparsequant eval --json` output on the whole WikiText file."""
+    name, sep, path = value.partition("=")
+    if not sep or not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected RUN=JSON with an existing JSON file")
+    return name, Path(path)
+
+
+def with_full_file(rows: list[dict], evals: list[tuple[str, Path]]) -> list[dict]:
+    """The rows that have a full-file WikiText perplexity, with it in place of the windowed one.
+
+    evals: (run name, `sparsequant eval --json` output) pairs; dense and magnitude come from §1's benchmark.
+    """
+    full = {name: json.loads(path.read_text())["perplexity"]["wiki.test.raw@512"] for name, path in evals}
+    foundation = json.loads(FOUNDATION.read_text())
+    full |= {"dense": foundation["dense_full"]["perplexity"], "magnitude": foundation["magnitude24_full"]["perplexity"]}
+    out = []
+    for r in rows:
+        if r["name"] in full:
+            heldout = {k: v for k, v in r["perplexity"].items() if not k.startswith("wiki")}
+            out.append({**r, "perplexity": {"wiki@512": full[r["name"]], **heldout}})
+    return out
+
+
+def _panel(ax, rows: list[dict], wiki: bool, label: str) -> None:
+    """One panel: a line per method (perplexity vs tokens, values written at the points). Dense and
+    one-shot magnitude (5× below and ~20× above the trained runs) are only named in the legend, so the
+    trained runs' differences of a few % stay visible."""
+    methods = list(dict.fromkeys(r["name"].split("@")[0] for r in rows if "@" in r["name"]))
+    for i, method in enumerate(methods):
+        points = sorted((r["train"]["tokens"], _ppl(r, wiki)) for r in rows if r["name"].startswith(method + "@"))
+        line, = ax.plot(*zip(*points, strict=True), marker="o", linestyle="-" if "cast" in method else "--",
+                        label=method)
+        for x, y in points:  # staggered by method so close values do not print over each other
+            ax.annotate(f"{y:.1f}", (x, y), xytext=(6, 6 - 9 * i), textcoords="offset points", fontsize=7,
+                        color=line.get_color())
+    references = {"dense": "dense", "magnitude": "one-shot magnitude"}
+    for r in (r for r in rows if r["name"] in references):
+        ax.plot([], [], linestyle=":", color="grey", label=f"{references[r['name']]}: {_ppl(r, wiki):.1f}")
+    tokens = sorted({r["train"]["tokens"] for r in rows if "@" in r["name"]})
+    ax.set(xscale="log", xlabel="training tokens", ylabel=f"perplexity, {label}")
+    ax.set_xticks(tokens, [f"{t:,}" for t in tokens], minor=False)
+    ax.set_xticks([], minor=True)
+    ax.margins(x=0.15, y=0.15)
+    ax.legend(fontsize=7)
+
+
 def plot(rows: list[dict], path: Path, heldout_label: str = "built-in held-out (16 × 512)",
-         trained_on: str = "the built-in corpus") -> None:
+         trained_on: str = "the built-in corpus", wiki_label: str = "WikiText-2 test (64 × 512)") -> None:
     """Perplexity of the 2:4 model vs training tokens, one line per method: WikiText-2 and the held-out text."""
     from matplotlib.figure import Figure  # object API: no pyplot state
 
-    fig = Figure(figsize=(11, 4))
-    for ax, (wiki, label) in zip(fig.subplots(1, 2), [(True, "WikiText-2 test (64 × 512)"), (False, heldout_label)],
-                                 strict=True):
-        for method in dict.fromkeys(r["name"].split("@")[0] for r in rows if "@" in r["name"]):
-            points = sorted((r["train"]["tokens"], _ppl(r, wiki)) for r in rows if r["name"].startswith(method + "@"))
-            ax.plot(*zip(*points, strict=True), marker="o", linestyle="-" if "cast" in method else "--", label=method)
-        for r in rows:
-            if r["name"] in ("dense", "magnitude"):
-                ax.axhline(_ppl(r, wiki), linestyle=":", color="grey" if r["name"] == "dense" else "red", label=r["name"])
-        ax.set(xscale="log", yscale="log", xlabel="training tokens", ylabel=f"perplexity, {label}")
-        ax.legend(fontsize=7)
+    fig = Figure(figsize=(11, 4.5))
+    for ax, (wiki, label) in zip(fig.subplots(1, 2), [(True, wiki_label), (False, heldout_label)], strict=True):
+        _panel(ax, rows, wiki, label)
     fig.suptitle(f"SmolLM2-135M 2:4: CAST vs masked KD at equal tokens, trained on {trained_on}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -210,6 +252,9 @@ def main() -> None:
                         help="training source: builtin or a text file (e.g. benchmarks/austen_corpus.py's)")
     parser.add_argument("--heldout-text", default="builtin", type=text_arg,
                         help="in-distribution evaluation text (16 × 512)")
+    parser.add_argument("--full-file", nargs="*", default=[], type=full_file_arg, metavar="RUN=JSON",
+                        help="full-file WikiText evaluations (sparsequant eval --json) of these runs: a second "
+                             "plot, JSON_fullfile.png, with only the runs given (and dense, magnitude)")
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "bench_cast"))
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "cast_quality.json"))
     args = parser.parse_args()
@@ -244,6 +289,10 @@ def main() -> None:
         label = "built-in held-out" if heldout == "builtin" else Path(heldout).name
         trained_on = "the built-in corpus" if source == "builtin" else Path(source).name
         plot(rows, Path(args.json).with_suffix(".png"), f"{label} (16 × 512)", trained_on)
+        if args.full_file:
+            png = Path(args.json).with_name(Path(args.json).stem + "_fullfile.png")
+            plot(with_full_file(rows, args.full_file), png, f"{label} (16 × 512)", trained_on,
+                 "WikiText-2 test (full file, 589 × 512)")
 
 
 if __name__ == "__main__":
