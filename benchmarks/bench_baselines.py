@@ -99,10 +99,10 @@ def run_method(name: str, out_dir: Path, tokens: int, wiki_windows: int) -> dict
 def _linear_zero_fraction(artifact) -> dict:
     """Zero fraction and 2:4 violations of the decoder Linears of an artifact that did not record them."""
     from sparsequant.sparsity.masks import NMPattern, count_nm_violations
-    from sparsequant.sparsity.targets import select_linears
+    from sparsequant.sparsity.targets import select_projections
 
     model, _ = artifact.load_model()
-    linears = select_linears(model, ["model.layers.*"], ["lm_head"])
+    linears = select_projections(model, ["model.layers.*"], ["lm_head"])
     zeros = sum(int((m.weight == 0).sum()) for m in linears.values())
     total = sum(m.weight.numel() for m in linears.values())
     violations = sum(count_nm_violations(m.weight, NMPattern(2, 4)) for m in linears.values())

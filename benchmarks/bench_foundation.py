@@ -24,7 +24,7 @@ from sparsequant.artifact import Artifact
 from sparsequant.eval.perplexity import perplexity
 from sparsequant.pipeline import import_to
 from sparsequant.sparsity.masks import apply_mask_, nm_mask, parse_pattern
-from sparsequant.sparsity.targets import select_linears
+from sparsequant.sparsity.targets import select_projections
 
 WIKI = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-raw/wiki.test.raw"
 
@@ -73,7 +73,7 @@ def main() -> None:
     print("dense", results["dense_full"], flush=True)
     started = time.perf_counter()
     pattern = parse_pattern("2:4")
-    for module in select_linears(model, ["model.layers.*"], ["lm_head"]).values():
+    for module in select_projections(model, ["model.layers.*"], ["lm_head"]).values():
         apply_mask_(module.weight.data, nm_mask(module.weight.abs(), pattern))
     results["magnitude_prune_s"] = time.perf_counter() - started
     pruned = perplexity(model, tokenizer, text, 512, 4, full, progress=True)

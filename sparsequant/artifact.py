@@ -27,6 +27,7 @@ from sparsequant.manifest import (
     read_manifest,
     utc_now,
 )
+from sparsequant.precision import cpu_model, native_bf16
 
 ADAPTER_DIR = "adapter"
 
@@ -87,12 +88,13 @@ class Artifact:
     def sparsity_masks(self, model) -> dict:
         """{target name: (O, I) N:M keep-mask} of this artifact's sparse layers in `model` (empty if dense)."""
         from sparsequant.sparsity.masks import parse_pattern, support_mask
+        from sparsequant.sparsity.targets import weight_oi
 
         info = self.manifest.sparsity
         if info is None:
             return {}
         modules = dict(model.named_modules())
-        return {name: support_mask(modules[name].weight, parse_pattern(info.pattern)) for name in info.targets}
+        return {name: support_mask(weight_oi(modules[name]), parse_pattern(info.pattern)) for name in info.targets}
 
     def load_model(self, device: str = "cpu", dtype: torch.dtype | None = None, trust_remote_code: bool = False,
                    with_adapter: bool = True):
@@ -136,6 +138,8 @@ def environment_info(device: str) -> dict[str, str]:
         "transformers": transformers.__version__,
         "platform": platform.platform(),
         "device": device,
+        "cpu": cpu_model(),  # numbers (speed, and bf16 vs fp32 results) depend on it
+        "native_bf16": str(native_bf16(device)).lower(),
     }
 
 

@@ -129,7 +129,7 @@ def cmd_eval(args) -> int:
     text = read_eval_text(args.text, Path.cwd()) if args.text else None
     model, tokenizer = artifact.load_model(args.device)
     metrics = evaluate_metrics(config, artifact, model, tokenizer, text, Path.cwd(), 0, not args.json,
-                               logging.getLogger("sparsequant.eval"))
+                               logging.getLogger("sparsequant.eval"), args.device)
     print(json.dumps(metrics, indent=None if args.json else 2))
     return 0
 
@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-windows", type=int)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="auto: bf16 autocast only on hardware with native bf16, else fp32")
     p.add_argument("--zeroshot", metavar="TASK[,TASK]", help="lm-eval tasks, e.g. sq_everyday_mc (built in)")
     p.add_argument("--include-path", help="folder of local lm-eval task YAMLs")
     p.add_argument("--limit", type=int, help="at most this many questions per zero-shot task")

@@ -36,6 +36,19 @@ class DistributedSpec(StrictModel):
     backend: Literal["gloo", "nccl"] | None = None  # None: nccl with CUDA, gloo on CPU
 
 
+class TargetsSpec(StrictModel):
+    """Pipeline-level `targets:`: which projections every stage touches, written once.
+
+    Each key given here fills the same key of every stage that has it and did not set it itself:
+    `sparsity.{pattern,include,exclude}` of prune/cast, `include`/`exclude` of gptq/lora.
+    include=None keeps each stage's default (every projection inside the decoder layers).
+    """
+
+    pattern: str | None = None
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+
+
 class PipelineSpec(StrictModel):
     version: Literal[1] = 1
     input: str
@@ -44,6 +57,7 @@ class PipelineSpec(StrictModel):
     seed: int = 0
     trust_remote_code: bool = False
     distributed: DistributedSpec | None = None  # data-parallel FSDP2 for the `cast` stage
+    targets: TargetsSpec = TargetsSpec()
     stages: list[StageSpec]
 
     @field_validator("device")
@@ -208,7 +222,7 @@ def validate_pipeline_data(data: dict[str, Any], lines: dict[Loc, int], path: Pa
             continue
         cls = registry.get(stage_spec.stage)
         try:
-            configs.append(cls.Config.model_validate(stage_spec.config))
+            configs.append(cls.Config.model_validate(inherit_targets(stage_spec.config, spec.targets, cls.Config)))
         except ValidationError as exc:
             problems.extend(_pydantic_problems(exc, (*loc, "config"), cls.Config, lines))
             continue
@@ -222,6 +236,27 @@ def validate_pipeline_data(data: dict[str, Any], lines: dict[Loc, int], path: Pa
     if problems:
         raise pipeline_error(path, problems)
     return LoadedPipeline(spec, configs, path.resolve())
+
+
+def inherit_targets(raw: dict[str, Any], targets: TargetsSpec, config_cls: type[BaseModel]) -> dict[str, Any]:
+    """`raw` (a stage's YAML config) with the keys of the pipeline's `targets:` block it left unset.
+
+    Stages with a `sparsity` block inherit pattern/include/exclude into it; stages with top-level
+    `include`/`exclude` (gptq, lora) inherit those. The stage's own value always wins.
+    """
+    given = {k: v for k, v in targets.model_dump().items() if k in targets.model_fields_set}
+    if not given or not isinstance(raw, dict):
+        return raw
+    fields = config_cls.model_fields
+    merged = dict(raw)
+    if "sparsity" in fields:
+        block = merged.get("sparsity")
+        if block is None or isinstance(block, dict):
+            merged["sparsity"] = given | (block or {})
+    for key in ("include", "exclude"):
+        if key in fields and key in given and key not in merged:
+            merged[key] = given[key]
+    return merged
 
 
 def pipeline_error(path: Path, problems: list[Problem]) -> ConfigError:

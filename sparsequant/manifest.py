@@ -33,6 +33,8 @@ class StageRecord(_Section):
     config: dict[str, Any] = {}
     config_sha256: str
     duration_s: float = 0.0
+    # Every precision field of the config as it resolved on this device ("auto" -> "float32"...).
+    precision: dict[str, str] = {}
 
 
 class ParentRecord(_Section):
@@ -45,11 +47,14 @@ class ModelInfo(_Section):
     dtype: str
     num_parameters: int
     files: dict[str, str] = {}
+    # Modules whose weight is stored (in, out) (transformers' Conv1D, GPT-2): readers of the
+    # safetensors files transpose these to the (out, in) layout N:M groups and grids are defined on.
+    transposed: list[str] = []
 
 
 class SparsityInfo(_Section):
     pattern: str
-    include: list[str]
+    include: list[str] | None  # None: the default, every projection in the decoder layers
     exclude: list[str]
     targets: list[str]
     verified: bool

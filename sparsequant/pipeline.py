@@ -19,6 +19,7 @@ from sparsequant.distributed.context import DistContext
 from sparsequant.errors import ArtifactError, ConfigError, StageError, ValidationFailed
 from sparsequant.fsutil import atomic_write_text
 from sparsequant.manifest import read_manifest
+from sparsequant.precision import describe
 from sparsequant.registry import Registry
 from sparsequant.stage import StageConfig, StageContext, config_sha256
 from sparsequant.stages.import_model import ImportConfig, ImportStage
@@ -70,7 +71,8 @@ def _run_one(stage_cls, config: StageConfig, stage_id: str, parent: Artifact | N
     """Under torchrun, a stage with `distributed = True` runs on every rank (rank 0 writes its
     artifact); any other stage runs on rank 0 while the others wait, then they all read its output."""
     out_dir = root / stage_id
-    sha = config_sha256(stage_cls.name, config, parent.manifest_sha256 if parent else None)
+    device = rank_device(loaded.spec.device, dist)
+    sha = config_sha256(stage_cls.name, config, parent.manifest_sha256 if parent else None, device)
     started = time.time()
     found = _existing(out_dir, sha, force)
     if found is not None:
@@ -81,9 +83,9 @@ def _run_one(stage_cls, config: StageConfig, stage_id: str, parent: Artifact | N
         raise StageError(stage_cls.name, f"needs {sorted(missing)} in its input manifest ({parent.path})")
     spec = loaded.spec
     ctx = StageContext(out_dir=out_dir, work_dir=StageContext.work_dir_for(out_dir), base_dir=loaded.base_dir,
-                       stage_id=stage_id, config_sha256=sha, device=rank_device(spec.device, dist), seed=spec.seed,
+                       stage_id=stage_id, config_sha256=sha, device=device, seed=spec.seed,
                        force=force, trust_remote_code=spec.trust_remote_code, progress=progress, log=log, dist=dist)
-    log.info("[%s] running", stage_id)
+    log.info("[%s] running on %s", stage_id, describe(device))
     everyone = not dist.enabled or getattr(stage_cls, "distributed", False)
     try:
         if everyone or dist.is_main:

@@ -82,7 +82,14 @@ def check_stage_class(cls: object, name: str) -> type:
     return cls  # type: ignore[return-value]
 
 
-def config_sha256(stage_name: str, config: StageConfig, parent_manifest_sha256: str | None) -> str:
-    """Identity of a stage run: its name, its config, and the exact input it ran on."""
-    payload = {"stage": stage_name, "config": config.model_dump(mode="json"), "parent": parent_manifest_sha256}
+def config_sha256(stage_name: str, config: StageConfig, parent_manifest_sha256: str | None,
+                  device: str = "cpu") -> str:
+    """Identity of a stage run: its name, its config, and the exact input it ran on.
+
+    A precision of `auto` enters as what it resolves to on `device` (bf16 or fp32 give different
+    numbers), so a run resumed on a CPU of another kind does not reuse a result it would not reproduce.
+    """
+    from sparsequant.precision import resolved_config_dump
+
+    payload = {"stage": stage_name, "config": resolved_config_dump(config, device), "parent": parent_manifest_sha256}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -48,6 +48,45 @@ def tiny_llama(seed: int = 0, **overrides):
     return LlamaForCausalLM(LlamaConfig(**(config | overrides))).eval()
 
 
+# Tiny random decoders of the common families (transformers configs, no downloads): every projection's
+# input size is 64, 128 or 256, so 2:4, 4:8 and GPTQ groups of 32/64 fit. Keys: `model_type`s.
+_COMMON = dict(vocab_size=TINY_VOCAB, eos_token_id=256, bos_token_id=257, pad_token_id=259, tie_word_embeddings=False)
+_LLAMA_LIKE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=256)
+TINY_FAMILIES = {
+    "llama": ("LlamaConfig", _LLAMA_LIKE),
+    "qwen2": ("Qwen2Config", _LLAMA_LIKE),
+    "qwen3": ("Qwen3Config", _LLAMA_LIKE | {"head_dim": 16}),
+    "mistral": ("MistralConfig", _LLAMA_LIKE | {"sliding_window": None}),
+    "gemma2": ("Gemma2Config", _LLAMA_LIKE | {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 64}),
+    "phi3": ("Phi3Config", _LLAMA_LIKE | {"pad_token_id": 259}),
+    "opt": ("OPTConfig", dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                              word_embed_proj_dim=64, max_position_embeddings=256)),
+    "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=256)),
+    "gpt_neox": ("GPTNeoXConfig", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, max_position_embeddings=256, rotary_pct=0.5)),
+}
+
+
+def tiny_decoder(family: str, seed: int = 0):
+    """A 2-layer random causal LM of `family` (a key of TINY_FAMILIES), in eval mode."""
+    import torch
+    import transformers
+
+    config_name, sizes = TINY_FAMILIES[family]
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_name)(**(_COMMON | sizes))
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def save_tiny_decoder(directory: Path, family: str, seed: int = 0) -> Path:
+    """tiny_decoder(family) + tiny_tokenizer as a transformers directory."""
+    directory = Path(directory)
+    tiny_decoder(family, seed).save_pretrained(directory, safe_serialization=True)
+    tiny_tokenizer().save_pretrained(directory)
+    return directory
+
+
 def sample_text(repeats: int = 40) -> str:
     """A few KB of deterministic English-like text for perplexity and training tests."""
     sentences = [

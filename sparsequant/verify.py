@@ -37,13 +37,15 @@ def iter_target_weights(artifact: Artifact, names: list[str]) -> Iterator[tuple[
     from safetensors import safe_open
 
     wanted = {f"{name}.weight": name for name in names}
+    transposed = set(artifact.manifest.model.transposed)  # Conv1D weights are stored (in, out)
     for file in sorted(f for f in artifact.manifest.model.files if f.endswith(".safetensors")):
         if file.startswith(("exports/", "adapter/")) or file == "quantization.safetensors":
             continue
         with safe_open(str(artifact.path / file), framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if key in wanted:
-                    yield wanted[key], handle.get_tensor(key)
+                    tensor = handle.get_tensor(key)
+                    yield wanted[key], tensor.T if wanted[key] in transposed else tensor
 
 
 def read_target_weights(artifact: Artifact, names: list[str]) -> dict:

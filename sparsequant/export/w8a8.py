@@ -23,6 +23,7 @@ import torch
 from onnx import numpy_helper
 
 from sparsequant.export.ort_decoder import OrtDecoder, position_ids_for
+from sparsequant.sparsity.targets import as_stored
 
 
 def calibration_feeds(decoder: OrtDecoder, tokens: torch.Tensor) -> list[dict[str, np.ndarray]]:
@@ -99,7 +100,9 @@ def fake_quant_w8a8(model: torch.nn.Module, layers: dict[str, QDQLayer]) -> Iter
     for name, qdq in layers.items():
         linear = modules[name]
         saved[name] = linear.weight.data
-        linear.weight.data = torch.from_numpy(np.ascontiguousarray(qdq.weight.T)).to(saved[name].dtype)
+        # qdq.weight is (I, O): transposed for a Linear, as stored for a Conv1D
+        weight_oi = torch.from_numpy(np.ascontiguousarray(qdq.weight.T)).to(saved[name].dtype)
+        linear.weight.data = as_stored(linear, weight_oi).contiguous()
         handles.append(linear.register_forward_pre_hook(lambda _m, a, s=qdq.input_scale: (_fake_quant(a[0], s),)))
         if qdq.output_scale is not None:
             handles.append(linear.register_forward_hook(lambda _m, _a, out, s=qdq.output_scale: _fake_quant(out, s)))

@@ -32,15 +32,24 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
 from sparsequant.quant.grid import GridSpec, expand_groups, round_to_grid
+from sparsequant.sparsity.targets import as_out_in, as_stored, is_conv1d, weight_oi
 
 
 class MaskedLoraLinear(LoraLinear):
-    """peft `lora.Linear` whose delta weight is multiplied by the base weight's non-zero mask (O, I)."""
+    """peft `lora.Linear` whose delta weight is multiplied by the base weight's non-zero mask (O, I).
+
+    The base may be an nn.Linear or a transformers Conv1D (GPT-2; weight stored (in, out)): as peft's
+    own dispatch does, a Conv1D base sets `fan_in_fan_out`, so peft's delta comes in the stored layout;
+    the mask and grids stay (O, I) and are transposed where they meet a stored-layout tensor.
+    """
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: LoraConfig, **kwargs: Any) -> None:
+        conv1d = is_conv1d(base_layer)
         super().__init__(base_layer, adapter_name, config=config, r=config.r, lora_alpha=config.lora_alpha,
-                         **{k: v for k, v in kwargs.items() if k not in ("r", "lora_alpha")})
-        weight = self.get_base_layer().weight
+                         is_target_conv_1d_layer=conv1d,
+                         **{k: v for k, v in kwargs.items() if k not in ("r", "lora_alpha", "is_target_conv_1d_layer")})
+        self.fan_in_fan_out = conv1d  # per layer, not the config's one value for all targets
+        weight = weight_oi(self.get_base_layer())
         # (O, I) bool; all True (a dense layer) until `set_update_masks` gives the layer's N:M mask.
         self.register_buffer("nm_mask", torch.ones_like(weight, dtype=torch.bool), persistent=False)
         self.grid_spec: GridSpec | None = None  # set with the (O, I) grid_scale/grid_zero buffers by set_grid
@@ -54,13 +63,16 @@ class MaskedLoraLinear(LoraLinear):
         self.grid_spec = spec
 
     def _masked_delta(self, adapter: str) -> torch.Tensor:
-        return super().get_delta_weight(adapter) * self.nm_mask.to(self.lora_B[adapter].weight.device)
+        """peft's scaled B·A in the base weight's stored layout, times the N:M mask."""
+        mask = as_stored(self.get_base_layer(), self.nm_mask)
+        return super().get_delta_weight(adapter) * mask.to(self.lora_B[adapter].weight.device)
 
     def _quantized_weight(self, delta: torch.Tensor) -> torch.Tensor:
-        """Q(W + delta) on the fixed grid, with the straight-through gradient d/d(delta) = identity."""
-        weight = self.get_base_layer().weight + delta
+        """Q(W + delta) on the fixed grid (stored layout in and out), straight-through gradient."""
+        base = self.get_base_layer()
+        weight = as_out_in(base, base.weight + delta)  # (O, I), where the grids are defined
         snapped = round_to_grid(weight.detach(), self.grid_scale, self.grid_zero, self.grid_spec)
-        return weight + (snapped - weight).detach()
+        return as_stored(base, weight + (snapped - weight).detach())
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         delta = self._masked_delta(adapter)
@@ -74,13 +86,13 @@ class MaskedLoraLinear(LoraLinear):
             return super().forward(x, *args, **kwargs)
         if self.grid_spec is not None:
             delta = sum(self._masked_delta(a) for a in self.active_adapters if a in self.lora_A)
-            weight = self._quantized_weight(delta)
+            weight = as_out_in(self.get_base_layer(), self._quantized_weight(delta))
             return F.linear(x, weight.to(x.dtype), self.get_base_layer().bias)
         result = self.base_layer(x, *args, **kwargs)
         for adapter in self.active_adapters:
             if adapter not in self.lora_A:
                 continue
-            delta = self.get_delta_weight(adapter)  # (O, I), masked and scaled
+            delta = as_out_in(self.get_base_layer(), self.get_delta_weight(adapter))  # (O, I), masked, scaled
             inputs = self.lora_dropout[adapter](x.to(delta.dtype))
             result = result + F.linear(inputs, delta).to(result.dtype)
         return result
@@ -90,8 +102,15 @@ def masked_lora_config(rank: int, alpha: float, dropout: float, target_modules: 
     """A peft LoraConfig whose nn.Linear targets become MaskedLoraLinear."""
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         bias="none", task_type="CAUSAL_LM")
-    config._register_custom_module({nn.Linear: MaskedLoraLinear})
+    config._register_custom_module(_custom_modules())
     return config
+
+
+def _custom_modules() -> dict[type, type]:
+    """Base layer type -> LoRA layer class, for peft's custom-module dispatch."""
+    from transformers.pytorch_utils import Conv1D
+
+    return {nn.Linear: MaskedLoraLinear, Conv1D: MaskedLoraLinear}
 
 
 def wrap_masked_lora(model: nn.Module, config: LoraConfig) -> PeftModel:
@@ -128,7 +147,7 @@ def set_update_grids(peft_model: nn.Module, grids: dict, spec: GridSpec) -> int:
 def load_masked_adapter(model: nn.Module, adapter_dir: Path, masks: dict[str, torch.Tensor]) -> PeftModel:
     """Re-attach a saved masked adapter (artifact `adapter/`) to its base model, unmerged, for inference."""
     config = LoraConfig.from_pretrained(str(adapter_dir))
-    config._register_custom_module({nn.Linear: MaskedLoraLinear})
+    config._register_custom_module(_custom_modules())
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), config=config, is_trainable=False)
     set_update_masks(peft_model, masks)
     return peft_model

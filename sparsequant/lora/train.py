@@ -13,6 +13,7 @@ from sparsequant.data.blocks import BlockStream, pack_token_blocks
 from sparsequant.data.chat import chat_blocks, split_conversations
 from sparsequant.data.sources import load_chat_records, load_text
 from sparsequant.fsutil import resolve_path
+from sparsequant.precision import autocast_dtype, resolve_precision
 from sparsequant.training.loop import METRICS_FILE, LoopSettings, perplexity_from_nll, train_loop
 from sparsequant.training.tasks import KDObjective, heldout_nll
 
@@ -89,7 +90,8 @@ def load_teacher(cfg, ctx):
     from transformers import AutoModelForCausalLM
 
     teacher = AutoModelForCausalLM.from_pretrained(resolve_path(cfg.distill.teacher, ctx.base_dir),
-                                                   dtype=getattr(torch, cfg.distill.teacher_dtype)).to(ctx.device)
+                                                   dtype=resolve_precision(cfg.distill.teacher_dtype, ctx.device,
+                                                                           "lora.distill.teacher_dtype")).to(ctx.device)
     return teacher.eval().requires_grad_(False)
 
 
@@ -120,7 +122,8 @@ def train_lora(peft_model: nn.Module, tokenizer, cfg, ctx, rebuild=None) -> Lora
     torch.manual_seed(ctx.seed)
     train, heldout = training_blocks(cfg, tokenizer, ctx.base_dir, ctx.seed)
     steps = cfg.total_steps(train.shape[0])
-    autocast = torch.bfloat16 if cfg.autocast == "bfloat16" else None
+    autocast = autocast_dtype(cfg.autocast, ctx.device, "lora.autocast")
+    ctx.log.info("lora: %s", "bf16 autocast" if autocast else "fp32 compute")
     teacher = load_teacher(cfg, ctx)
     if dist.enabled:
         _shard(peft_model.get_base_model(), ctx)

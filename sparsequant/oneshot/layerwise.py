@@ -7,8 +7,8 @@ weights (prune, quantize), and the layer is run again to give the inputs of laye
 layers are calibrated on the outputs of the already compressed earlier layers, as in SparseGPT,
 GPTQ and llm-compressor's sequential pipeline.
 
-The decoder layers are found with transformers' `get_decoder().layers` (LLaMA, Mistral, Qwen2,
-Gemma, Phi-3 ...); the keyword arguments a layer receives (rotary embeddings, masks) are captured
+The decoder layers are found from the model's structure (`sparsity.targets.decoder_layer_stack`:
+LLaMA, Mistral, Qwen, Gemma, Phi-3, OPT, GPT-2, GPT-NeoX ...); the keyword arguments a layer receives (rotary embeddings, masks) are captured
 from the model's own forward, so no architecture-specific code is needed here.
 """
 
@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sparsequant.errors import StageError
+from sparsequant.sparsity.targets import decoder_layer_stack, in_features
 
 
 class _StopForward(Exception):
@@ -66,14 +67,12 @@ class InputStatistics:
 
 def decoder_layers(model: nn.Module, stage: str) -> tuple[str, nn.ModuleList]:
     """(module name, layers) of the model's decoder layer stack; StageError when there is none."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
-        raise StageError(stage, f"{type(model).__name__} has no decoder layer list at get_decoder().layers, which "
-                         "calibrated methods need; use a transformers causal LM (LLaMA, Mistral, Qwen2...) or "
-                         "method: magnitude")
-    name = next(n for n, m in model.named_modules() if m is layers)
-    return name, layers
+    found = decoder_layer_stack(model)
+    if found is None:
+        raise StageError(stage, f"{type(model).__name__} has no decoder layer list sparsequant can find "
+                         "(get_decoder().layers, or a ModuleList of config.num_hidden_layers blocks), which "
+                         "calibrated methods need; use method: magnitude")
+    return found
 
 
 def targets_by_layer(stage: str, prefix: str, num_layers: int,
@@ -123,7 +122,7 @@ def _layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
 def collect_statistics(layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs,
                        full: bool) -> dict[str, InputStatistics]:
     """One forward of `layer` over all batches with hooks summing each Linear's input statistics."""
-    stats = {name: InputStatistics(lin.in_features, full, lin.weight.device) for name, lin in linears.items()}
+    stats = {name: InputStatistics(in_features(lin), full, lin.weight.device) for name, lin in linears.items()}
     handles = [lin.register_forward_hook(lambda _m, args, _out, s=stats[name]: s.add(args[0]))
                for name, lin in linears.items()]
     try:

@@ -11,6 +11,7 @@ from torch import nn
 from sparsequant.oneshot.layerwise import run_layerwise
 from sparsequant.quant.gptq import QuantizedLayer, gptq_quantize_
 from sparsequant.quant.grid import GridSpec
+from sparsequant.sparsity.targets import weight_data_oi
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def gptq_model_(model: nn.Module, targets: dict[str, nn.Linear], masks: dict[str
 
     def process(_index, linears, stats) -> dict[str, Any]:
         for name, linear in linears.items():
-            grids[name] = gptq_quantize_(linear.weight.data, stats[name].hessian(), settings.spec,
+            grids[name] = gptq_quantize_(weight_data_oi(linear), stats[name].hessian(), settings.spec,
                                          group_size=settings.group_size, mask=masks.get(name),
                                          act_order=settings.act_order, dampening=settings.dampening,
                                          block_size=settings.block_size, grid=(grids_in or {}).get(name))

@@ -8,7 +8,7 @@ from sparsequant.sparsity.masks import (
     nm_mask,
     parse_pattern,
 )
-from sparsequant.sparsity.targets import select_linears
+from sparsequant.sparsity.targets import select_projections
 
 __all__ = [
     "NMPattern",
@@ -17,5 +17,5 @@ __all__ = [
     "is_nm",
     "nm_mask",
     "parse_pattern",
-    "select_linears",
+    "select_projections",
 ]

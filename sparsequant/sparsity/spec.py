@@ -12,12 +12,17 @@ from sparsequant.sparsity.masks import NMPattern, parse_pattern
 class SparsitySpec(StrictModel):
     """Which layers get which N:M pattern.
 
-    Example YAML:  sparsity: {pattern: "2:4", include: ["model.layers.*"], exclude: ["lm_head"]}
+    include=None (the default): every linear projection inside the model's decoder layers, found
+    from its structure (sparsity.targets.decoder_layer_stack), so it needs no glob for any family;
+    `include` globs replace that set, `exclude` globs remove from it. A pipeline's top-level
+    `targets:` block fills whatever a stage leaves unset.
+
+    Example YAML:  sparsity: {pattern: "2:4", exclude: ["*.self_attn.k_proj"]}
     """
 
     pattern: str = "2:4"
-    include: list[str] = ["model.layers.*"]
-    exclude: list[str] = ["lm_head"]
+    include: list[str] | None = None
+    exclude: list[str] = []
 
     @field_validator("pattern", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from sparsequant.data.sources import DataConfig
+from sparsequant.precision import Precision
 from sparsequant.schema import StrictModel
 from sparsequant.sparsity.spec import SparsitySpec
 from sparsequant.stage import StageConfig, StageContext
@@ -17,7 +18,7 @@ from sparsequant.stages.common import select_targets, verified_sparsity, write_m
 class DistillSpec(StrictModel):
     eta: float = Field(1 / 3, ge=0, le=1)  # KL weight; CAST's LLaMA value (cast-notes §1.6)
     temperature: float = Field(1.0, gt=0)  # Eq. 13 has none, so T = 1
-    teacher_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    teacher_dtype: Precision = "auto"  # bf16 only where native (sparsequant.precision)
 
 
 class CastConfig(StageConfig):
@@ -44,7 +45,7 @@ class CastConfig(StageConfig):
     sr_decay: float = Field(2e-4, ge=0)  # λ_W of SR-STE (its paper's value); sr_ste only
     scale_blocks: int = Field(2, ge=0)  # n column blocks of learnable scales per row; 0 = off
     distill: DistillSpec = DistillSpec()
-    autocast: Literal["bfloat16", "float32"] = "bfloat16"
+    autocast: Precision = "auto"
     grad_clip: float | None = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
     # One compiled kernel per weight for the AdamS step and the mask recompute (cast; masked_kd and

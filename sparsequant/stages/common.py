@@ -12,8 +12,16 @@ from sparsequant.artifact import Artifact, ArtifactWriter, count_parameters
 from sparsequant.errors import StageError
 from sparsequant.fsutil import link_or_copy
 from sparsequant.manifest import SparsityInfo, StageRecord
+from sparsequant.precision import resolved_precisions
 from sparsequant.sparsity.report import divisibility_problems, nm_failures, zero_fractions
-from sparsequant.sparsity.targets import select_linears
+from sparsequant.sparsity.targets import (
+    decoder_layer_stack,
+    is_conv1d,
+    is_projection,
+    select_projections,
+    unsupported_weights,
+    weight_oi,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -22,13 +30,33 @@ if TYPE_CHECKING:
     from sparsequant.stage import StageConfig, StageContext
 
 
-def select_targets(stage: str, model: nn.Module, spec: SparsitySpec) -> dict[str, nn.Linear]:
-    """The Linear layers `spec` selects; StageError if none, or if any cannot hold N:M."""
-    targets = select_linears(model, spec.include, spec.exclude)
-    if not targets:
-        raise StageError(stage, f"no Linear layer matches include={spec.include} exclude={spec.exclude}; "
-                         "fix the globs (module names look like 'model.layers.0.mlp.up_proj')")
-    problems = divisibility_problems({n: tuple(m.weight.shape) for n, m in targets.items()}, spec.nm)
+def find_targets(stage: str, model: nn.Module, include: list[str] | None, exclude: list[str]) -> dict[str, nn.Module]:
+    """The projections (Linear or Conv1D) the globs select — by default every one in the decoder layers.
+
+    StageError when there are none: it names the architecture and what the globs did reach.
+    """
+    targets = select_projections(model, include, exclude)
+    if targets:
+        return targets
+    arch = type(model).__name__
+    others = unsupported_weights(model, include, exclude)
+    if others:
+        kinds = sorted(set(others.values()))
+        raise StageError(stage, f"{arch}: the layers selected hold weights of module type(s) {', '.join(kinds)} "
+                         f"(e.g. {next(iter(others))}), which sparsequant cannot make N:M (it supports nn.Linear "
+                         "and transformers' Conv1D). This architecture is not supported yet.")
+    if include is None and decoder_layer_stack(model) is None:
+        raise StageError(stage, f"{arch} has no decoder layer list sparsequant can find (get_decoder().layers or "
+                         "a ModuleList of config.num_hidden_layers blocks); name the layers with `include` globs")
+    example = next((n for n, m in model.named_modules() if is_projection(m)), "model.layers.0.mlp.up_proj")
+    raise StageError(stage, f"no Linear/Conv1D layer of {arch} matches include={include} exclude={exclude}; "
+                     f"fix the globs (module names look like {example!r})")
+
+
+def select_targets(stage: str, model: nn.Module, spec: SparsitySpec) -> dict[str, nn.Module]:
+    """The projections `spec` selects; StageError if none, or if any cannot hold N:M."""
+    targets = find_targets(stage, model, spec.include, spec.exclude)
+    problems = divisibility_problems({n: tuple(weight_oi(m).shape) for n, m in targets.items()}, spec.nm)
     if problems:
         raise StageError(stage, f"the model is not {spec.pattern}-compatible: " + "; ".join(problems[:5])
                          + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
@@ -38,12 +66,12 @@ def select_targets(stage: str, model: nn.Module, spec: SparsitySpec) -> dict[str
 
 def verified_sparsity(stage: str, targets: dict[str, nn.Linear], spec: SparsitySpec) -> SparsityInfo:
     """Check exact N:M on every target and build the manifest's `sparsity` section."""
-    weights = {name: module.weight.detach() for name, module in targets.items()}
+    weights = {name: weight_oi(module).detach() for name, module in targets.items()}
     failures = nm_failures(weights, spec.nm)
     if failures:
         raise StageError(stage, f"output is not exactly {spec.pattern}: " + "; ".join(failures[:5]))
     per_layer, overall = zero_fractions(weights)
-    return SparsityInfo(pattern=spec.pattern, include=list(spec.include), exclude=list(spec.exclude),
+    return SparsityInfo(pattern=spec.pattern, include=spec.include, exclude=list(spec.exclude),
                         targets=list(weights), verified=True, zero_fraction=overall, layers=len(weights),
                         per_layer=per_layer)
 
@@ -67,7 +95,8 @@ def reverified_sparsity(stage: str, parent: Artifact, model) -> SparsityInfo | N
 
 def stage_record(name: str, config: StageConfig, ctx: StageContext, started: float) -> StageRecord:
     return StageRecord(name=name, id=ctx.stage_id, config=config.model_dump(mode="json"),
-                       config_sha256=ctx.config_sha256, duration_s=round(time.time() - started, 3))
+                       config_sha256=ctx.config_sha256, duration_s=round(time.time() - started, 3),
+                       precision=resolved_precisions(config, ctx.device))
 
 
 def peak_rss_mb() -> float:
@@ -78,7 +107,8 @@ def peak_rss_mb() -> float:
 
 def model_info(model) -> dict[str, Any]:
     return {"architecture": type(model).__name__, "dtype": str(model.dtype).removeprefix("torch."),
-            "num_parameters": count_parameters(model)}
+            "num_parameters": count_parameters(model),
+            "transposed": [name for name, module in model.named_modules() if is_conv1d(module)]}
 
 
 def write_model_artifact(
@@ -103,7 +133,7 @@ def write_model_artifact(
         entry = {"stage": name, "config_sha256": ctx.config_sha256, **(lineage or {})}
         # Stages that never load the model (export_trt) describe it as their parent did.
         info = model_info(model) if model is not None else \
-            parent.manifest.model.model_dump(include={"architecture", "dtype", "num_parameters"})
+            parent.manifest.model.model_dump(include={"architecture", "dtype", "num_parameters", "transposed"})
         return writer.commit(stage_record(name, config, ctx, started), info, parent, entry,
                              ctx.device, inherit_metrics=reuse_parent_files, **sections)
     except BaseException:

@@ -13,6 +13,7 @@ from sparsequant.artifact import Artifact
 from sparsequant.errors import ConfigError
 from sparsequant.eval.perplexity import perplexity
 from sparsequant.fsutil import resolve_path
+from sparsequant.precision import Precision, autocast_dtype, resolved_name
 from sparsequant.schema import StrictModel
 from sparsequant.stage import StageConfig, StageContext
 from sparsequant.stages.common import write_model_artifact
@@ -38,7 +39,7 @@ class EvaluateConfig(StageConfig):
     seq_len: int = Field(512, ge=2)
     batch_size: int = Field(4, ge=1)
     max_windows: int | None = Field(None, ge=1)  # None = the whole text
-    dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 = autocast; not faster on every CPU (benchmarks §1)
+    dtype: Precision = "auto"  # bfloat16 = autocast; auto = bf16 only where native (sparsequant.precision)
     name: str | None = None  # metric key; default: the file name (or "builtin-heldout")
     zeroshot: ZeroShotConfig | None = None  # lm-eval multiple-choice accuracy
     size: bool = True  # bytes on disk (model files, ONNX) and the packed N:M / int size
@@ -60,9 +61,11 @@ def read_eval_text(text: str, base: Path) -> tuple[str, str]:
         raise ConfigError(f"cannot read evaluation text {path} as UTF-8 text: {exc}") from None
 
 
-def metric_key(config: EvaluateConfig, label: str) -> str:
+def metric_key(config: EvaluateConfig, label: str, device: str = "cpu") -> str:
+    """"wiki.test.raw@512x16", with "/bf16" when the windows ran in bf16 (`auto` resolved on `device`):
+    bf16 changes the numbers, so a bf16 and an fp32 perplexity never share a key."""
     suffix = f"@{config.seq_len}" + ("" if config.max_windows is None else f"x{config.max_windows}")
-    return (config.name or label) + suffix + ("/bf16" if config.dtype == "bfloat16" else "")
+    return (config.name or label) + suffix + ("/bf16" if resolved_name(config.dtype, device) == "bfloat16" else "")
 
 
 class EvaluateStage:
@@ -90,17 +93,17 @@ class EvaluateStage:
         text = read_eval_text(self.config.text, ctx.base_dir) if self.config.text is not None else None
         model, tokenizer = artifact.load_model(ctx.device, trust_remote_code=ctx.trust_remote_code)
         metrics = evaluate_metrics(self.config, artifact, model, tokenizer, text, ctx.base_dir, ctx.seed,
-                                   ctx.progress, ctx.log)
+                                   ctx.progress, ctx.log, ctx.device)
         return write_model_artifact(self.name, self.config, ctx, started, artifact, model, None, metrics=metrics,
                                     reuse_parent_files=True)
 
 
 def evaluate_metrics(cfg: EvaluateConfig, artifact: Artifact, model, tokenizer, text: tuple[str, str] | None,
-                     base_dir: Path, seed: int, progress: bool, log: logging.Logger) -> dict:
+                     base_dir: Path, seed: int, progress: bool, log: logging.Logger, device: str = "cpu") -> dict:
     """Every measurement `cfg` asks for, as manifest metrics (shared by the stage and `sparsequant eval`)."""
     metrics: dict = {}
     if text is not None:
-        metrics |= _perplexity(cfg, model, tokenizer, *text, progress, log)
+        metrics |= _perplexity(cfg, model, tokenizer, *text, progress, log, device)
     if cfg.zeroshot is not None:
         from sparsequant.eval.zeroshot import zeroshot_accuracy
 
@@ -127,12 +130,11 @@ def evaluate_metrics(cfg: EvaluateConfig, artifact: Artifact, model, tokenizer, 
 
 
 def _perplexity(cfg: EvaluateConfig, model, tokenizer, label: str, text: str, progress: bool,
-                log: logging.Logger) -> dict:
-    import torch
-
-    autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+                log: logging.Logger, device: str) -> dict:
+    autocast = autocast_dtype(cfg.dtype, device, "evaluate.dtype")
+    log.info("evaluate: perplexity in %s (dtype=%s)", "bf16 autocast" if autocast else "fp32", cfg.dtype)
     result = perplexity(model, tokenizer, text, cfg.seq_len, cfg.batch_size, autocast, cfg.max_windows, progress)
-    key = metric_key(cfg, label)
+    key = metric_key(cfg, label, device)
     log.info("perplexity %s = %.3f (%d tokens, %.0f tok/s)", key, result.perplexity, result.tokens,
              result.tokens_per_s)
     return {"perplexity": {key: result.perplexity}, "eval": {key: result.as_dict()}}
@@ -153,8 +155,12 @@ def artifact_size(artifact: Artifact, model) -> dict[str, int]:
     m = artifact.manifest
     # An unmerged adapter (lora merge: keep) wraps the model in peft: base weights are named
     # base_model.model.X.base_layer.weight; the adapter's own matrices count at 16 bits.
-    shapes = {name.removeprefix("base_model.model.").replace(".base_layer.", "."): tuple(p.shape)
-              for name, p in model.named_parameters()}
+    # (out, in) for Conv1D weights too (stored (in, out)): the packed layout groups along the input
+    transposed = {f"{name}.weight" for name in m.model.transposed}
+    shapes = {}
+    for name, p in model.named_parameters():
+        plain = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        shapes[plain] = tuple(p.shape)[::-1] if plain in transposed else tuple(p.shape)
     quantized = _quantized_layers(artifact)
     targets = m.sparsity.targets if m.sparsity else []
     formats = model_formats(targets, m.sparsity.pattern if m.sparsity else None, m.quantization, quantized)

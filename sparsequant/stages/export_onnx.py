@@ -105,6 +105,7 @@ class ExportOnnxStage:
         from sparsequant.export.onnx_export import load_graph, save_graph
         from sparsequant.export.onnx_graph import match_layers, nm_report
         from sparsequant.sparsity.masks import parse_pattern
+        from sparsequant.sparsity.targets import weight_oi
 
         graph = load_graph(path)
         modules = dict(model.named_modules())
@@ -116,7 +117,7 @@ class ExportOnnxStage:
 
             grids, spec, group_size = load_grids(artifact.path / artifact.manifest.quantization["file"])
             names |= set(grids)
-        weights = {n: modules[n].weight.detach() for n in names}
+        weights = {n: weight_oi(modules[n]).detach() for n in names}  # (out, in), Conv1D included
         matched = match_layers(graph, weights)
         dequantized = {}
         if mode in ("int4", "int8"):

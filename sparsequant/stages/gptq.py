@@ -11,7 +11,7 @@ from pydantic import Field
 from sparsequant.errors import StageError
 from sparsequant.oneshot.calibration import CalibrationConfig
 from sparsequant.stage import StageConfig, StageContext
-from sparsequant.stages.common import peak_rss_mb, reverified_sparsity, write_model_artifact
+from sparsequant.stages.common import find_targets, peak_rss_mb, reverified_sparsity, write_model_artifact
 
 
 class GPTQConfig(StageConfig):
@@ -23,8 +23,8 @@ class GPTQConfig(StageConfig):
     act_order: bool = True
     dampening: float = Field(0.01, gt=0)
     block_size: int = Field(128, ge=1)
-    include: list[str] = ["model.layers.*"]
-    exclude: list[str] = ["lm_head"]
+    include: list[str] | None = None  # None: every linear projection in the decoder layers
+    exclude: list[str] = []
     calibration: CalibrationConfig = CalibrationConfig()
 
 
@@ -70,17 +70,15 @@ class GPTQStage:
         from sparsequant.quant.grid import GridSpec
         from sparsequant.quant.model import GPTQSettings, gptq_model_
         from sparsequant.quant.storage import FILE_NAME, FORMAT, save_grids
-        from sparsequant.sparsity.targets import select_linears
+        from sparsequant.sparsity.targets import in_features
 
         started, cfg = time.time(), self.config
         if artifact.manifest.quantization is not None:
             raise StageError(self.name, f"{artifact.path} is already quantized ({artifact.manifest.quantization.get('method')}); "
                              "quantize the unquantized model instead (remove the earlier gptq stage)")
         model, tokenizer = artifact.load_model(ctx.device, dtype=torch.float32, trust_remote_code=ctx.trust_remote_code)
-        targets = select_linears(model, cfg.include, cfg.exclude)
-        if not targets:
-            raise StageError(self.name, f"no Linear layer matches include={cfg.include} exclude={cfg.exclude}")
-        problem = group_size_problems({n: m.in_features for n, m in targets.items()}, cfg.group_size)
+        targets = find_targets(self.name, model, cfg.include, cfg.exclude)
+        problem = group_size_problems({n: in_features(m) for n, m in targets.items()}, cfg.group_size)
         if problem:
             raise StageError(self.name, problem)
         masks = {n: mask for n, mask in artifact.sparsity_masks(model).items() if n in targets}

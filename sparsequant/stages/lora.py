@@ -12,16 +12,17 @@ from pydantic import Field, model_validator
 from sparsequant.data.sources import DataConfig
 from sparsequant.errors import StageError
 from sparsequant.oneshot.calibration import CalibrationConfig
+from sparsequant.precision import Precision
 from sparsequant.schema import StrictModel
 from sparsequant.stage import StageConfig, StageContext
-from sparsequant.stages.common import peak_rss_mb, reverified_sparsity, write_model_artifact
+from sparsequant.stages.common import find_targets, peak_rss_mb, reverified_sparsity, write_model_artifact
 
 
 class LoraDistill(StrictModel):
     eta: float = Field(0.0, ge=0, le=1)  # KL weight; 0 = plain fine-tuning
     temperature: float = Field(1.0, gt=0)
     teacher: str | None = None  # artifact or transformers dir (e.g. the dense import), relative to the pipeline
-    teacher_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    teacher_dtype: Precision = "auto"  # bf16 only where native (sparsequant.precision)
 
     @model_validator(mode="after")
     def _teacher_given(self):
@@ -34,8 +35,8 @@ class LoraStageConfig(StageConfig):
     rank: int = Field(16, ge=1)
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    include: list[str] = ["model.layers.*"]
-    exclude: list[str] = ["lm_head"]
+    include: list[str] | None = None  # None: every linear projection in the decoder layers
+    exclude: list[str] = []
     data: DataConfig = DataConfig()
     format: Literal["text", "chat"] = "text"  # chat: .jsonl of {"messages": [...]}, loss on assistant tokens
     steps: int | None = Field(None, ge=1)  # default 100 unless epochs is given
@@ -48,7 +49,7 @@ class LoraStageConfig(StageConfig):
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     grad_clip: float | None = Field(1.0, gt=0)
-    autocast: Literal["bfloat16", "float32"] = "bfloat16"
+    autocast: Precision = "auto"
     distill: LoraDistill = LoraDistill()
     merge: Literal["merge", "requantize", "keep"] | None = None  # None: requantize if quantized, else merge
     # requantize: train in float, merge, re-run mask-preserving GPTQ (False, the default), or train through
@@ -139,13 +140,10 @@ class LoraStage:
         import torch
 
         from sparsequant.lora.masked import masked_lora_config, set_update_grids, set_update_masks, wrap_masked_lora
-        from sparsequant.sparsity.targets import select_linears
 
         cfg = self.config
         model, tokenizer = artifact.load_model(ctx.device, dtype=torch.float32, trust_remote_code=ctx.trust_remote_code)
-        targets = select_linears(model, cfg.include, cfg.exclude)
-        if not targets:
-            raise StageError(self.name, f"no Linear layer matches include={cfg.include} exclude={cfg.exclude}")
+        targets = find_targets(self.name, model, cfg.include, cfg.exclude)
         masks = artifact.sparsity_masks(model)
         # lora_A is drawn from the global RNG: seed it here, so the adapter's start depends on the
         # pipeline seed only (not on which stages ran before in this process) and is the same on every rank.
@@ -224,11 +222,12 @@ class LoraStage:
 
         from sparsequant.quant.grid import quantize_grouped
         from sparsequant.quant.storage import FILE_NAME
+        from sparsequant.sparsity.targets import weight_data_oi
 
         modules = dict(model.named_modules())
         with torch.no_grad():
             for name, grid in grids.items():
-                weight = modules[name].weight
+                weight = weight_data_oi(modules[name])  # (out, in), where the grids are defined
                 weight.copy_(quantize_grouped(weight, grid.scale, grid.zero, grid.g_idx, spec).to(weight.dtype))
         section = artifact.manifest.quantization
         file_name = section.get("file", FILE_NAME)

@@ -12,6 +12,7 @@ from sparsequant.oneshot.calibration import CalibrationConfig
 from sparsequant.schema import StrictModel
 from sparsequant.sparsity.masks import NMPattern, apply_mask_, nm_mask
 from sparsequant.sparsity.spec import SparsitySpec
+from sparsequant.sparsity.targets import weight_data_oi
 from sparsequant.stage import StageConfig, StageContext
 from sparsequant.stages.common import peak_rss_mb, select_targets, verified_sparsity, write_model_artifact
 
@@ -36,9 +37,9 @@ def _layer_processor(method: str, pattern: NMPattern, settings: SparseGPTSetting
         metrics = {}
         for name, linear in linears.items():
             if method == "wanda":
-                wanda_prune_(linear.weight.data, stats[name].input_norms(), pattern)
+                wanda_prune_(weight_data_oi(linear), stats[name].input_norms(), pattern)
             else:
-                result = sparsegpt_prune_(linear.weight.data, stats[name].hessian(), pattern,
+                result = sparsegpt_prune_(weight_data_oi(linear), stats[name].hessian(), pattern,
                                           dampening=settings.dampening, block_size=settings.block_size)
                 metrics[name] = {"obs_loss": result.loss}
         return metrics
@@ -76,7 +77,8 @@ class PruneStage:
         metrics: dict[str, Any] = {"method": cfg.method}
         if cfg.method == "magnitude":
             for module in tqdm(targets.values(), desc=f"prune {spec.pattern}", unit="layer", disable=not ctx.progress):
-                apply_mask_(module.weight.data, nm_mask(module.weight.abs(), spec.nm))
+                weight = weight_data_oi(module)  # (out, in), a view: N:M groups along the input
+                apply_mask_(weight, nm_mask(weight.abs(), spec.nm))
         else:
             metrics |= self._calibrated(model, tokenizer, targets, ctx)
         sparsity = verified_sparsity(self.name, targets, spec)

@@ -11,8 +11,10 @@ import torch
 from sparsequant.data.blocks import BlockStream, pack_token_blocks
 from sparsequant.data.sources import load_text
 from sparsequant.errors import StageError
+from sparsequant.precision import autocast_dtype, resolve_precision, resolved_name
 from sparsequant.sparsity.drift import kept_from_one_shot
 from sparsequant.sparsity.masks import nm_mask
+from sparsequant.sparsity.targets import is_conv1d, is_projection, weight_oi
 from sparsequant.training.loop import METRICS_FILE, LoopSettings, perplexity_from_nll, train_loop
 from sparsequant.training.schedule import decay_travel_bound, recommended_steps
 from sparsequant.training.srste import SRSTETask
@@ -27,13 +29,10 @@ class TrainReport:
     model: Any = None  # the finished plain model (in distributed runs: on rank 0 only)
 
 
-def _dtype(name: str) -> torch.dtype | None:
-    return torch.bfloat16 if name == "bfloat16" else None
-
-
 def masked_q90(targets, pattern) -> float:
     """90th percentile of |w| among the entries a magnitude mask would remove now (cast-notes §7)."""
-    values = torch.cat([w.weight.detach().abs()[~nm_mask(w.weight.detach().abs(), pattern)] for w in targets.values()])
+    magnitudes = [weight_oi(module).detach().abs() for module in targets.values()]  # (out, in) each
+    values = torch.cat([w[~nm_mask(w, pattern)] for w in magnitudes])
     sample = values[torch.randperm(len(values), generator=torch.Generator().manual_seed(0))[:1_000_000]]
     return float(torch.quantile(sample.float(), 0.9))
 
@@ -57,15 +56,19 @@ def freeze_untargeted_linears(model, targets) -> list[str]:
     """
     frozen = []
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name not in targets:
+        if is_projection(module) and name not in targets:
             module.requires_grad_(False)
             frozen.append(name)
     return frozen
 
 
-def _check_distributed(cfg, dist) -> None:
+def _check_distributed(cfg, dist, targets) -> None:
     if not dist.enabled:
         return
+    conv1d = [name for name, module in targets.items() if is_conv1d(module)]
+    if conv1d:  # FSDP2 shards dim 0, which for Conv1D is the input dim the N:M groups run along
+        raise StageError("cast", f"distributed training does not support transformers Conv1D layers ({conv1d[0]}, "
+                         "GPT-2 style) yet; run this model on one process (drop `distributed:`)")
     if cfg.method != "cast":
         raise StageError("cast", f"distributed training supports method: cast, not {cfg.method}; run "
                          f"{cfg.method} on one process (drop `distributed:` from the pipeline)")
@@ -94,7 +97,7 @@ def _finish_distributed(task: CastTask, artifact, targets, cfg, ctx):
 
 def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
     dist = ctx.dist
-    _check_distributed(cfg, dist)
+    _check_distributed(cfg, dist, targets)
     torch.manual_seed(ctx.seed)
     frozen = freeze_untargeted_linears(model, targets)
     pattern = cfg.sparsity.nm
@@ -109,13 +112,17 @@ def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
         def shard(module):
             shard_model(module, dist.world_size, ctx.device)
     if cfg.distill.eta > 0:
-        teacher, _ = artifact.load_model(ctx.device, dtype=getattr(torch, cfg.distill.teacher_dtype))
+        teacher_dtype = resolve_precision(cfg.distill.teacher_dtype, ctx.device, "cast.distill.teacher_dtype")
+        teacher, _ = artifact.load_model(ctx.device, dtype=teacher_dtype)
         teacher.requires_grad_(False)
         if shard is not None:  # sharded too: a 7B teacher would not fit next to the student otherwise
             shard(teacher)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    objective = KDObjective(teacher, cfg.distill.eta, cfg.distill.temperature, _dtype(cfg.autocast))
+    autocast = autocast_dtype(cfg.autocast, ctx.device, "cast.autocast")
+    ctx.log.info("cast: %s, teacher %s", "bf16 autocast" if autocast else "fp32 compute",
+                 resolved_name(cfg.distill.teacher_dtype, ctx.device) if teacher is not None else "none")
+    objective = KDObjective(teacher, cfg.distill.eta, cfg.distill.temperature, autocast)
     report = TrainReport(metrics={"method": cfg.method, "train_blocks": int(blocks.shape[0]), "frozen": frozen})
     if cfg.method == "cast":
         q90 = masked_q90(targets, pattern)
@@ -144,7 +151,7 @@ def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
     report.model = model
     last = result.last
     modules = dict(model.named_modules())  # in a distributed run: rank 0's gathered copy, not `targets`
-    kept = kept_from_one_shot(artifact, {name: modules[name].weight.detach() for name in targets}, pattern)
+    kept = kept_from_one_shot(artifact, {name: weight_oi(modules[name]).detach() for name in targets}, pattern)
     if kept is not None:
         ctx.log.info(f"{cfg.method}: the final mask keeps {kept:.2%} of the one-shot magnitude mask's entries")
     report.metrics |= {
@@ -152,7 +159,7 @@ def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
         "seconds": round(result.seconds, 1), "resumed_from": result.resumed_from,
         "final_loss": last.get("loss"), "final_kl": last.get("kl"), "final_ce": last.get("ce"),
         "masked_mass_before_prune": last.get("masked_mass"), "kept_from_one_shot_mask": kept,
-        "heldout_ppl_pruned": perplexity_from_nll(heldout_nll(model, heldout, _dtype(cfg.autocast))),
+        "heldout_ppl_pruned": perplexity_from_nll(heldout_nll(model, heldout, autocast)),
     }
     report.extra_files[METRICS_FILE] = ctx.work_dir / METRICS_FILE
     return report

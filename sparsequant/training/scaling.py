@@ -23,22 +23,30 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparsequant.sparsity.masks import apply_mask_
+from sparsequant.sparsity.targets import in_features as projection_in_features
+from sparsequant.sparsity.targets import is_conv1d, out_features
 
 
 class _BlockScale(nn.Module):
-    """Parametrization W -> A ⊙ W with A of shape (out, n) broadcast over n column blocks."""
+    """Parametrization W -> A ⊙ W with A of shape (out, n) broadcast over n column blocks.
 
-    def __init__(self, out_features: int, n_blocks: int, like: torch.Tensor) -> None:
+    `transposed`: the weight is stored (in, out) (transformers' Conv1D); A still scales blocks of
+    input columns of the (out, in) view, so the maths and A's shape are the same for both layouts.
+    """
+
+    def __init__(self, out_features: int, n_blocks: int, like: torch.Tensor, transposed: bool = False) -> None:
         super().__init__()
-        self.n_blocks = n_blocks
+        self.n_blocks, self.transposed = n_blocks, transposed
         ones = torch.ones(out_features, n_blocks, dtype=like.dtype, device=like.device)
         self.scale = nn.Parameter(ones)  # (out, n)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        out_features, in_features = weight.shape
+        weight_oi = weight.T if self.transposed else weight
+        out_features, in_features = weight_oi.shape
         # (out, in) -> (out, n, in/n): a row-major reshape gives contiguous column blocks (Eq. 12).
-        blocks = weight.reshape(out_features, self.n_blocks, in_features // self.n_blocks)
-        return (blocks * self.scale.unsqueeze(-1)).reshape(out_features, in_features)
+        blocks = weight_oi.reshape(out_features, self.n_blocks, in_features // self.n_blocks)
+        scaled = (blocks * self.scale.unsqueeze(-1)).reshape(out_features, in_features)
+        return scaled.T if self.transposed else scaled
 
 
 def attach_weight_scales(
@@ -59,7 +67,7 @@ def attach_weight_scales(
     Raises:
         ValueError: if the sizes do not divide or the weight is already parametrized.
     """
-    in_features = linear.in_features
+    in_features = projection_in_features(linear)
     if n_blocks < 1 or in_features % n_blocks:
         raise ValueError(
             f"in_features={in_features} is not divisible into n_blocks={n_blocks} column blocks"
@@ -72,7 +80,7 @@ def attach_weight_scales(
         )
     if parametrize.is_parametrized(linear, "weight"):
         raise ValueError("linear.weight is already parametrized; fold or remove it first")
-    scaler = _BlockScale(linear.out_features, n_blocks, like=linear.weight)
+    scaler = _BlockScale(out_features(linear), n_blocks, like=linear.weight, transposed=is_conv1d(linear))
     parametrize.register_parametrization(linear, "weight", scaler)
     return scaler.scale
 
@@ -111,7 +119,8 @@ def fold_weight_scales_(linear: nn.Linear, mask: torch.Tensor | None = None) -> 
 
     Args:
         linear: the layer to finalise.
-        mask: optional (out, in) bool keep-mask; masked entries become exactly zero.
+        mask: optional bool keep-mask in the weight's stored layout ((out, in) for Linear, (in, out)
+            for Conv1D, as the optimizer keeps it); masked entries become exactly zero.
 
     Returns:
         `linear`, now with a plain ``nn.Parameter`` weight.

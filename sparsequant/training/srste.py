@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparsequant.sparsity.masks import NMPattern, apply_mask_, nm_mask
+from sparsequant.sparsity.masks import NMPattern, apply_mask_
+from sparsequant.sparsity.targets import stored_nm_mask
 from sparsequant.training.loop import perplexity_from_nll
 from sparsequant.training.tasks import KDObjective, heldout_nll
 
@@ -41,7 +42,7 @@ def attach_straight_through_mask(linear: nn.Linear, pattern: NMPattern) -> Strai
     """Register the STE on ``linear.weight`` with the current magnitude mask; returns the parametrization."""
     if parametrize.is_parametrized(linear, "weight"):
         raise ValueError("linear.weight is already parametrized; remove it first")
-    ste = StraightThroughMask(nm_mask(linear.weight.detach().abs(), pattern))
+    ste = StraightThroughMask(stored_nm_mask(linear, linear.weight.detach().abs(), pattern))
     parametrize.register_parametrization(linear, "weight", ste)
     return ste
 
@@ -74,7 +75,7 @@ class SRSTETask:
         if step % self.interval == 0 and step > 0:
             flipped, total = 0, 0
             for name, weight in self.weights.items():
-                mask = nm_mask(weight.detach().abs(), self.pattern)
+                mask = stored_nm_mask(self.targets[name], weight.detach().abs(), self.pattern)
                 flipped += int((mask != self.ste[name].mask).sum())
                 total += mask.numel()
                 self.ste[name].mask.copy_(mask)

@@ -15,7 +15,8 @@ from torch import nn
 from sparsequant.data.chat import IGNORE_INDEX, split_loss_encoding
 from sparsequant.distributed.context import DistContext
 from sparsequant.distributed.fsdp import like, local
-from sparsequant.sparsity.masks import NMPattern, apply_mask_, nm_mask
+from sparsequant.sparsity.masks import NMPattern, apply_mask_
+from sparsequant.sparsity.targets import as_out_in, as_stored, stored_nm_mask
 from sparsequant.training.adams import AdamS, masked_weight_fraction
 from sparsequant.training.distill import distillation_loss
 from sparsequant.training.fused import CompiledKernels
@@ -108,7 +109,7 @@ class CastTask:
             old = self.masks()
             for name, weight in self.weights.items():
                 # raw |W| (same ranking as A ⊙ W, A > 0 per block), on the local rows when sharded
-                mask = self._magnitude_mask(local(weight).detach())
+                mask = self._magnitude_mask(self.targets[name], local(weight).detach())
                 if name in old:
                     flipped += int((local(old[name]) != mask).sum())
                     total += mask.numel()
@@ -117,10 +118,12 @@ class CastTask:
             self.last_flip = flipped / total if total else 0.0
         return {"alpha": alpha, "flip_rate": self.last_flip}
 
-    def _magnitude_mask(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.kernels is not None:
-            return self.kernels.mask(weight, self.pattern.n, self.pattern.m)
-        return nm_mask(weight.abs(), self.pattern)
+    def _magnitude_mask(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        """Magnitude N:M mask of a stored weight, in the stored layout (the optimizer state's)."""
+        if self.kernels is None:
+            return stored_nm_mask(module, weight.abs(), self.pattern)
+        mask = self.kernels.mask(as_out_in(module, weight), self.pattern.n, self.pattern.m)  # (out, in)
+        return as_stored(module, mask).contiguous()
 
     def loss(self, batch: torch.Tensor):
         return self.objective(self.model, batch)
@@ -169,7 +172,8 @@ class MaskedKDTask:
     def __init__(self, model: nn.Module, targets: dict[str, nn.Linear], pattern: NMPattern, objective: KDObjective,
                  heldout: torch.Tensor, steps: int, cfg) -> None:
         self.model, self.targets, self.objective, self.heldout = model, targets, objective, heldout
-        self.mask = {name: nm_mask(linear.weight.detach().abs(), pattern) for name, linear in targets.items()}
+        self.mask = {name: stored_nm_mask(linear, linear.weight.detach().abs(), pattern)
+                     for name, linear in targets.items()}
         self.after_step(-1)
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,

@@ -10,7 +10,7 @@ from sparsequant.lora.masked import (load_masked_adapter, masked_lora_config, se
 from sparsequant.quant.gptq import round_to_nearest_
 from sparsequant.quant.grid import GridSpec, quantize_grouped
 from sparsequant.sparsity.masks import NMPattern, apply_mask_, is_nm, nm_mask, support_mask
-from sparsequant.sparsity.targets import select_linears
+from sparsequant.sparsity.targets import select_projections
 from sparsequant.testing import tiny_llama, tiny_tokenizer
 
 P24 = NMPattern(2, 4)
@@ -18,7 +18,7 @@ P24 = NMPattern(2, 4)
 
 def sparse_tiny():
     model = tiny_llama()
-    targets = select_linears(model, ["model.layers.*"], ["lm_head"])
+    targets = select_projections(model, ["model.layers.*"], ["lm_head"])
     masks = {}
     for name, linear in targets.items():
         masks[name] = nm_mask(linear.weight.abs(), P24)

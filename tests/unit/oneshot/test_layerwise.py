@@ -5,7 +5,7 @@ import torch
 
 from sparsequant.errors import StageError
 from sparsequant.oneshot.layerwise import run_layerwise
-from sparsequant.sparsity.targets import select_linears
+from sparsequant.sparsity.targets import select_projections
 from sparsequant.testing import tiny_llama
 
 TOKENS = torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(0))
@@ -26,7 +26,7 @@ def hessians_from_full_forward(model, names):
 
 def test_statistics_equal_a_full_forward_when_nothing_changes():
     model = tiny_llama()
-    targets = select_linears(model, ["model.layers.*"], ["lm_head"])
+    targets = select_projections(model, ["model.layers.*"], ["lm_head"])
     seen = {}
 
     def record(index, linears, stats):
@@ -42,7 +42,7 @@ def test_statistics_equal_a_full_forward_when_nothing_changes():
 
 def test_later_layers_see_the_outputs_of_compressed_earlier_layers():
     model = tiny_llama()
-    targets = select_linears(model, ["model.layers.*"], ["lm_head"])
+    targets = select_projections(model, ["model.layers.*"], ["lm_head"])
     seen = {}
 
     def halve_and_record(index, linears, stats):
@@ -60,7 +60,7 @@ def test_later_layers_see_the_outputs_of_compressed_earlier_layers():
 
 def test_targets_outside_decoder_layers_are_refused():
     model = tiny_llama()
-    targets = select_linears(model, ["*"], [])
+    targets = select_projections(model, ["*"], [])
     with pytest.raises(StageError, match="lm_head.*not inside a decoder layer"):
         run_layerwise(model, TOKENS, targets, lambda *a: {}, stage="prune", full_hessian=False, progress=False)
 

@@ -15,7 +15,7 @@ from sparsequant.pipeline import run_pipeline
 from sparsequant.registry import Registry
 from sparsequant.report import build_report
 
-EVAL = "{text: text.txt, seq_len: 32, zeroshot: {limit: 8}, latency: {prompt_tokens: 8, decode_tokens: 2, repeats: 1}}"
+EVAL = "{text: text.txt, seq_len: 32, dtype: float32, zeroshot: {limit: 8}, latency: {prompt_tokens: 8, decode_tokens: 2, repeats: 1}}"
 SPARSE_RUN = f"""\
 version: 1
 input: tiny-llama
@@ -32,7 +32,7 @@ stages:
   - stage: export_onnx
     config: {{greedy_tokens: 2}}
   - stage: evaluate
-    config: {{text: text.txt, seq_len: 32, latency: {{prompt_tokens: 8, decode_tokens: 2, repeats: 1}}}}
+    config: {{text: text.txt, seq_len: 32, dtype: float32, latency: {{prompt_tokens: 8, decode_tokens: 2, repeats: 1}}}}
 """
 CAST_RUN = """\
 version: 1
@@ -43,7 +43,7 @@ stages:
     config: {steps: 12, batch_size: 2, lr: 1.0e-3, data: {source: text.txt, block_size: 32}, eval_interval: 2,
              eval_blocks: 2}
   - stage: evaluate
-    config: {text: text.txt, seq_len: 32}
+    config: {text: text.txt, seq_len: 32, dtype: float32}
 """
 
 

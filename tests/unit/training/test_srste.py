@@ -5,7 +5,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from sparsequant.sparsity.masks import NMPattern, is_nm, nm_mask
-from sparsequant.sparsity.targets import select_linears
+from sparsequant.sparsity.targets import select_projections
 from sparsequant.stages.cast import CastConfig
 from sparsequant.testing import tiny_llama
 from sparsequant.training.srste import SRSTETask, add_sparse_refined_decay_, attach_straight_through_mask
@@ -41,7 +41,7 @@ def test_sparse_refined_decay_touches_pruned_entries_only():
 
 
 def make_task(model, sr_decay=2e-4, interval=2):
-    targets = select_linears(model, ["model.layers.*"], [])
+    targets = select_projections(model, ["model.layers.*"], [])
     cfg = CFG.model_copy(update={"sr_decay": sr_decay, "mask_interval": interval})
     task = SRSTETask(model, targets, P24, KDObjective(None, 0.0, 1.0, None), torch.zeros(1, 8, dtype=torch.long),
                      10, cfg)

@@ -3,7 +3,7 @@
 import torch
 
 from sparsequant.sparsity.masks import NMPattern, apply_mask_, nm_mask
-from sparsequant.sparsity.targets import select_linears
+from sparsequant.sparsity.targets import select_projections
 from sparsequant.stages.cast import CastConfig
 from sparsequant.testing import tiny_llama
 from sparsequant.training.tasks import CastTask, KDObjective
@@ -14,7 +14,7 @@ CFG = CastConfig(lr=1e-3)
 
 def make_task(model=None, teacher=None, eta=0.0):
     model = model or tiny_llama()
-    targets = select_linears(model, ["model.layers.*"], [])
+    targets = select_projections(model, ["model.layers.*"], [])
     objective = KDObjective(teacher, eta, 1.0, None)
     return CastTask(model, targets, NMPattern(2, 4), objective, torch.zeros(1, 8, dtype=torch.long), 20, CFG)
 

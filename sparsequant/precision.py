@@ -1,0 +1,130 @@
+"""Which float precision a stage computes in: `auto` picks bf16 only where the hardware has it.
+
+A bf16 matmul is fast only on hardware with bf16 instructions. On a 2-core AMD EPYC with AVX2 only,
+a (512, 576) @ (576, 1536) matmul ran at 35 GFLOPS in fp32 and 1.1 GFLOPS in bf16 (oneDNN emulates
+bf16 there), so a bf16 default made the quickstart ~8x slower; on a Xeon with AVX512-BF16/AMX bf16
+is as fast or faster (benchmarks/README.md §4). Hence `auto`: bf16 on CUDA devices that support it
+and on CPUs with AVX512-BF16 or AMX-BF16, else fp32. The detection lives here and nowhere else.
+
+Config fields typed `Precision` take "auto" | "bfloat16" | "float32"; a stage turns them into a torch
+dtype with `resolve_precision(value, device)`. `resolved_config_dump` replaces every "auto" in a
+config by what it resolves to on this device, so a stage's identity (and its reuse) follows the
+precision actually used, not the word "auto".
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import platform
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel
+
+log = logging.getLogger("sparsequant")
+
+
+class _PrecisionField:
+    """Marker in a field's metadata: this value is a precision that `auto` may resolve."""
+
+
+PRECISION_FIELD = _PrecisionField()
+Precision = Annotated[Literal["auto", "bfloat16", "float32"], PRECISION_FIELD]
+
+_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of the native bf16 instructions
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's marketing name (what `lscpu` calls "Model name"), for logs and benchmark records."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+@functools.cache
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """The native-bf16 instruction flags this CPU reports (empty: bf16 would be emulated)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:  # not Linux: no reliable way to tell, so do not assume bf16
+        return ()
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return tuple(flag for flag in _BF16_CPU_FLAGS if flag in flags)
+
+
+def native_bf16(device: str) -> bool:
+    """True when `device` ("cpu", "cuda", "cuda:1") computes bf16 matmuls natively."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(cpu_bf16_flags())
+
+
+def resolved_name(value: str, device: str) -> str:
+    """"auto" -> "bfloat16" or "float32" for `device`; explicit values are returned unchanged."""
+    if value != "auto":
+        return value
+    return "bfloat16" if native_bf16(device) else "float32"
+
+
+def resolve_precision(value: str, device: str, what: str = "compute"):
+    """The torch dtype `value` means on `device`, warning once when bf16 is asked for but emulated."""
+    import torch
+
+    name = resolved_name(value, device)
+    if name == "bfloat16" and not native_bf16(device):
+        _warn_emulated_bf16(device, what)
+    return torch.bfloat16 if name == "bfloat16" else torch.float32
+
+
+def autocast_dtype(value: str, device: str, what: str = "autocast"):
+    """For autocast fields: torch.bfloat16, or None for plain fp32 (no autocast context)."""
+    import torch
+
+    dtype = resolve_precision(value, device, what)
+    return dtype if dtype == torch.bfloat16 else None
+
+
+@functools.cache  # once per (device, field) for the whole process, not once per stage
+def _warn_emulated_bf16(device: str, what: str) -> None:
+    log.warning("%s: bfloat16 was asked for, but %s (%s) has no native bf16 instructions (no AVX512-BF16/AMX); "
+                "oneDNN emulates it, measured ~30x slower than fp32 on an AVX2-only AMD EPYC (1.1 vs 35 GFLOPS). "
+                "Set it to `auto` (or float32) unless you need bf16 numerics.", what, device, cpu_model())
+
+
+def describe(device: str) -> str:
+    """One line for logs: the device, the CPU model, and what `auto` resolves to."""
+    where = device if device.startswith("cuda") else f"cpu ({cpu_model()})"
+    flags = ", ".join(cpu_bf16_flags()) or "no bf16 instructions"
+    return f"{where}: auto precision = {resolved_name('auto', device)} ({flags if device == 'cpu' else 'cuda'})"
+
+
+def resolved_config_dump(config: BaseModel, device: str) -> dict[str, Any]:
+    """`config.model_dump(mode="json")` with every `auto` precision replaced by what it resolves to."""
+    dump = config.model_dump(mode="json")
+    for name, info in type(config).model_fields.items():
+        value = getattr(config, name)
+        if isinstance(value, BaseModel):
+            dump[name] = resolved_config_dump(value, device)
+        elif PRECISION_FIELD in info.metadata:
+            dump[name] = resolved_name(value, device)
+    return dump
+
+
+def resolved_precisions(config: BaseModel, device: str, prefix: str = "") -> dict[str, str]:
+    """{"autocast": "float32", "distill.teacher_dtype": "float32"}: every precision field, resolved."""
+    out: dict[str, str] = {}
+    for name, info in type(config).model_fields.items():
+        value = getattr(config, name)
+        if isinstance(value, BaseModel):
+            out |= resolved_precisions(value, device, f"{prefix}{name}.")
+        elif PRECISION_FIELD in info.metadata:
+            out[prefix + name] = resolved_name(value, device)
+    return out
