@@ -3,8 +3,9 @@
 Each configuration is one `sparsequant run` of a single `cast` stage (no held-out evaluation, no
 checkpoints) in its own process, so the peak RSS (from `os.wait4`) is that run's alone. The step time
 is the median over the logged intervals after the first one (which holds the torch.compile warm-up of
-`fused: true`), from the stage's `metrics.jsonl`. Teacher bf16, bf16 autocast, distillation η = 1, the
-§3 quality recipe otherwise (lr 1e-3, gradient v on kept weights).
+`fused: true`), from the stage's `metrics.jsonl`. Precision `auto` (bf16 teacher and autocast on a CPU
+with native bf16, fp32 elsewhere) unless the config says (`cast fp32`, `cast bf16`); distillation
+η = 1, the §3 quality recipe otherwise (lr 1e-3, gradient v on kept weights).
 
 Run (one torch job at a time on a 2-core machine):
     .venv/bin/python benchmarks/bench_step.py [--steps 40] [--batch 1 4] [--out-dir runs/bench_step]
@@ -30,11 +31,17 @@ CONFIGS = {  # name -> cast-stage config
     "cast fused": {"method": "cast", "lr": 1.0e-3, "kept_second_moment": "gradient", "fused": True},
     "masked_kd": {"method": "masked_kd", "lr": 5.0e-4},
     "masked_kd fused": {"method": "masked_kd", "lr": 5.0e-4, "fused": True},
+    # precision: what `auto` picks on a CPU without native bf16 (fp32) vs bf16 forced (issue 22)
+    "cast fp32": {"method": "cast", "lr": 1.0e-3, "kept_second_moment": "gradient", "autocast": "float32",
+                  "distill": {"teacher_dtype": "float32"}},
+    "cast bf16": {"method": "cast", "lr": 1.0e-3, "kept_second_moment": "gradient", "autocast": "bfloat16",
+                  "distill": {"teacher_dtype": "bfloat16"}},
 }
 
 
 def pipeline(config: dict, steps: int, batch: int) -> dict:
-    stage = {**config, "steps": steps, "batch_size": batch, "distill": {"eta": 1.0}, "log_interval": LOG_EVERY,
+    stage = {**config, "steps": steps, "batch_size": batch, "distill": {"eta": 1.0, **config.get("distill", {})},
+             "log_interval": LOG_EVERY,
              "checkpoint_interval": None, "eval_interval": None, "data": {"source": "builtin", "block_size": 256}}
     return {"version": 1, "input": "smollm2-135m", "stages": [{"stage": "cast", "config": stage}]}
 
@@ -73,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     print(f"command: {sys.executable} {' '.join(sys.argv)}")
+    from sparsequant.precision import describe
+
+    print(f"machine: {describe('cpu')}")
     results = []
     for batch in args.batch:
         for name in args.configs:

@@ -57,7 +57,7 @@ TINY_FAMILIES = {
     "llama": ("LlamaConfig", _LLAMA_LIKE),
     "qwen2": ("Qwen2Config", _LLAMA_LIKE),
     "qwen3": ("Qwen3Config", _LLAMA_LIKE | {"head_dim": 16}),
-    "mistral": ("MistralConfig", _LLAMA_LIKE | {"sliding_window": None}),
+    "mistral": ("MistralConfig", _LLAMA_LIKE | {"sliding_window": 64}),  # v0.1 has a window (4096)
     "gemma2": ("Gemma2Config", _LLAMA_LIKE | {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 64}),
     "phi3": ("Phi3Config", _LLAMA_LIKE | {"pad_token_id": 259}),
     "opt": ("OPTConfig", dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,

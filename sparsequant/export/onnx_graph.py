@@ -1,7 +1,9 @@
 """Pure functions over an exported ONNX graph: find the Linear weights, check N:M, quantize them.
 
 The dynamo exporter stores each Linear weight W (out, in) as a MatMul initializer Wᵀ (in, out) with
-a generated name (``val_263``), so initializers are matched to model layers by their bytes.
+a generated name (``val_263``), so initializers are matched to model layers by their bytes. A
+projection applied to a 2-D input (OPT's MLP, GPT-2's Conv1D `addmm`) becomes a Gemm instead;
+`gemms_to_matmuls` rewrites those as MatMul (+ Add), so every weight has the one form above.
 """
 
 from __future__ import annotations
@@ -30,6 +32,41 @@ def matmul_initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
         if node.op_type == "MatMul" and node.input[1] in initializers and len(initializers[node.input[1]].dims) == 2:
             found[node.input[1]] = initializers[node.input[1]]
     return found
+
+
+def gemms_to_matmuls(model: onnx.ModelProto) -> int:
+    """Rewrite each plain Gemm with a constant weight, Y = A·B(ᵀ) + C, as MatMul(A, W) [+ Add(C)] with
+    W stored (in, out), in place; returns how many were rewritten.
+
+    Only alpha = beta = 1 and transA = 0 (what torch's addmm/linear export) are rewritten; a transB
+    weight is transposed once (it must feed this Gemm only). MatMul + Add is what ORT and TensorRT
+    fuse back into one GEMM, and it gives our matching, N:M check and int4 swap a single form.
+    """
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+        weight = inits.get(node.input[1]) if node.op_type == "Gemm" and len(node.input) > 1 else None
+        if weight is None or not plain or (attrs.get("transB", 0) and uses[weight.name] > 1):
+            nodes.append(node)
+            continue
+        if attrs.get("transB", 0):
+            weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(weight).T), weight.name))
+        has_bias = len(node.input) > 2 and node.input[2] != ""
+        product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", list(node.input[:2]), [product], name=f"{node.name}_matmul"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
+        rewritten += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return rewritten
 
 
 def match_layers(model: onnx.ModelProto, weights: dict[str, torch.Tensor]) -> dict[str, str]:

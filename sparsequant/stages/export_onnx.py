@@ -80,15 +80,28 @@ class ExportOnnxStage:
             model = model.merge_and_unload()  # masked adapter: the merge is exact N:M
         out = ctx.work_dir / EXPORT_DIR
         path = out / "model.onnx"
-        export_decoder(model, tokenizer, path, self.name)
-        graph_report, fake_quant = self._finish_graph(artifact, model, tokenizer, path, mode, ctx)
-        with fake_quant(model):  # W8A8: compare with the same arithmetic in PyTorch
-            report = {"weights": mode, **graph_report, **self._check(model, tokenizer, path)}
+        window = export_decoder(model, tokenizer, path, self.name)
+        try:
+            graph_report, fake_quant = self._finish_graph(artifact, model, tokenizer, path, mode, ctx)
+            with fake_quant(model):  # W8A8: compare with the same arithmetic in PyTorch
+                report = {"weights": mode, **graph_report, **self._check(model, tokenizer, path)}
+        except StageError:
+            raise
+        except Exception as exc:  # ORT, onnx and the quantizer raise many types: one paragraph, no traceback
+            raise StageError(self.name, f"checking the exported graph of {type(model).__name__} (model_type "
+                             f"{model.config.model_type!r}, weights: {mode}) failed: {type(exc).__name__}: {exc}. "
+                             "The graph is in the stage's work directory (exports/model.onnx); file an issue with "
+                             "this message") from exc
         report |= {"onnx_bytes": sum(f.stat().st_size for f in out.glob("model.onnx*")),
-                   "seconds": round(time.time() - started, 1), "peak_rss_mb": peak_rss_mb()}
+                   "seconds": round(time.time() - started, 1), "peak_rss_mb": peak_rss_mb(),
+                   "max_sequence_tokens": window}
         (out / "onnx_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         self._enforce(report)
         warnings = [SPARSE_KERNEL_NOTE] if mode in ("int4", "int8") and artifact.manifest.sparsity else []
+        if window:
+            warnings.append(f"export_onnx: {type(model).__name__} uses sliding-window attention; the graph treats "
+                            f"every layer as full attention, which is exact for sequences of up to {window} tokens "
+                            "(its window) and not beyond")
         for warning in warnings:
             ctx.log.warning(warning)
         files = {f"{EXPORT_DIR}/{f.name}": f for f in sorted(out.iterdir())}

@@ -50,14 +50,15 @@ stages:
 """
 
 
-def stored_2_4_violations(artifact_dir, plain_model, names) -> dict[str, int]:
-    """Groups of 4 input weights holding more than 2 non-zeros, read straight from the safetensors."""
+def stored_2_4_violations(artifact_dir, plain_model, names, flip: bool = False) -> dict[str, int]:
+    """Groups of 4 input weights holding more than 2 non-zeros, read straight from the safetensors
+    (`flip`: group the other dimension instead, to show the orientation matters)."""
     modules = dict(plain_model.named_modules())
     violations = {}
     with safe_open(str(artifact_dir / "model.safetensors"), framework="pt") as handle:
         for name in names:
             weight = handle.get_tensor(f"{name}.weight")
-            weight = weight.T if isinstance(modules[name], Conv1D) else weight  # (out, in)
+            weight = weight.T if isinstance(modules[name], Conv1D) != flip else weight  # (out, in)
             groups = weight.reshape(weight.shape[0], -1, 4)
             violations[name] = int(((groups != 0).sum(-1) > 2).sum())
     return violations
@@ -76,6 +77,8 @@ def test_family_runs_the_whole_chain_without_globs(family, tmp_path, text_file, 
 
     plain = AutoModelForCausalLM.from_pretrained(final.path).eval()  # transformers alone, no sparsequant code
     assert all(v == 0 for v in stored_2_4_violations(final.path, plain, targets).values())
+    if family == "gpt2":  # Conv1D stores (in, out): 2:4 runs down dim 0 of the stored weight, not along its rows
+        assert all(v > 0 for v in stored_2_4_violations(final.path, plain, targets, flip=True).values())
     ours, _ = final.load_model()
     tokens = torch.randint(0, 256, (1, 12))
     with torch.no_grad():

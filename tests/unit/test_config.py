@@ -133,3 +133,27 @@ def test_shipped_pipelines_validate(path):
 def test_unquoted_pattern_explained(tmp_path):
     with pytest.raises(ConfigError, match='quoted, e.g. "2:4".*number 124'):
         load_pipeline(write(tmp_path, GOOD.replace('"2:4"', "2:4")), Registry.default())
+
+
+def test_pipeline_targets_block_is_inherited_unless_a_stage_sets_its_own(tmp_path):
+    text = """\
+version: 1
+input: tiny-llama
+targets: {pattern: "4:8", exclude: ["*.down_proj"]}
+stages:
+  - stage: prune
+  - stage: cast
+    config: {sparsity: {exclude: ["*.k_proj"]}}
+  - stage: gptq
+  - stage: lora
+    config: {include: ["*.q_proj"]}
+"""
+    prune, cast, gptq, lora = load_pipeline(write(tmp_path, text), Registry.default()).stage_configs
+    assert prune.sparsity.pattern == "4:8" and prune.sparsity.exclude == ["*.down_proj"]
+    assert prune.sparsity.include is None  # not given: every projection in the decoder layers
+    assert cast.sparsity.pattern == "4:8" and cast.sparsity.exclude == ["*.k_proj"]  # the stage's own wins
+    assert gptq.exclude == ["*.down_proj"] and gptq.include is None
+    assert lora.include == ["*.q_proj"] and lora.exclude == ["*.down_proj"]
+    with pytest.raises(ConfigError, match="unknown key 'inclde'"):
+        load_pipeline(write(tmp_path, text.replace("targets: {pattern", "targets: {inclde: [], pattern")),
+                      Registry.default())

@@ -23,7 +23,7 @@ stages:
   - stage: prune
     config: {sparsity: {pattern: "PATTERN"}}
   - stage: evaluate
-    config: {text: text.txt, seq_len: 64, max_windows: 4}
+    config: {text: text.txt, seq_len: 64, max_windows: 4, dtype: float32}
 """
 
 
