@@ -3,7 +3,7 @@
 A bf16 matmul is fast only on hardware with bf16 instructions. On a 2-core AMD EPYC with AVX2 only,
 a (512, 576) @ (576, 1536) matmul ran at 35 GFLOPS in fp32 and 1.1 GFLOPS in bf16 (oneDNN emulates
 bf16 there), so a bf16 default made the quickstart ~8x slower; on a Xeon with AVX512-BF16/AMX bf16
-is as fast or faster (benchmarks/README.md §4). Hence `auto`: bf16 on CUDA devices that support it
+is as fast or faster (benchmarks/README.md §9). Hence `auto`: bf16 on CUDA devices that support it
 and on CPUs with AVX512-BF16 or AMX-BF16, else fp32. The detection lives here and nowhere else.
 
 Config fields typed `Precision` take "auto" | "bfloat16" | "float32"; a stage turns them into a torch
@@ -36,25 +36,24 @@ _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of the nati
 
 
 @functools.cache
+def _cpuinfo_field(key: str) -> str | None:
+    """The value of the first `key : value` line of /proc/cpuinfo (read once per key); None off Linux."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == key), None)
+
+
 def cpu_model() -> str:
     """The CPU's marketing name (what `lscpu` calls "Model name"), for logs and benchmark records."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
-@functools.cache
 def cpu_bf16_flags() -> tuple[str, ...]:
-    """The native-bf16 instruction flags this CPU reports (empty: bf16 would be emulated)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:  # not Linux: no reliable way to tell, so do not assume bf16
-        return ()
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    """The native-bf16 instruction flags this CPU reports (empty: bf16 would be emulated; also off
+    Linux, where there is no reliable way to tell, so bf16 is not assumed)."""
+    flags = (_cpuinfo_field("flags") or "").split()
     return tuple(flag for flag in _BF16_CPU_FLAGS if flag in flags)
 
 
@@ -109,12 +108,12 @@ def describe(device: str) -> str:
 def resolved_config_dump(config: BaseModel, device: str) -> dict[str, Any]:
     """`config.model_dump(mode="json")` with every `auto` precision replaced by what it resolves to."""
     dump = config.model_dump(mode="json")
-    for name, info in type(config).model_fields.items():
-        value = getattr(config, name)
-        if isinstance(value, BaseModel):
-            dump[name] = resolved_config_dump(value, device)
-        elif PRECISION_FIELD in info.metadata:
-            dump[name] = resolved_name(value, device)
+    for path, value in resolved_precisions(config, device).items():
+        *parents, leaf = path.split(".")
+        node = dump
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
     return dump
 
 

@@ -78,8 +78,10 @@ def export_decoder(model, tokenizer, path: Path, stage: str) -> int | None:
                          "message if yours is one of them") from exc
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path), external_data=True)
-    graph = load_graph(path)
-    if gemms_to_matmuls(graph):
+    # Only a graph holding Gemm nodes needs its weights loaded and rewritten (the node list alone says so).
+    if any(node.op_type == "Gemm" for node in onnx.load(str(path), load_external_data=False).graph.node):
+        graph = load_graph(path)
+        gemms_to_matmuls(graph)
         save_graph(graph, path)
     return window
 

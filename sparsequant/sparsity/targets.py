@@ -97,6 +97,12 @@ def decoder_layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     return next(n for n, m in model.named_modules() if m is layers), layers
 
 
+def _default_include(model: nn.Module) -> list[str]:
+    """The glob `include=None` stands for: everything inside the decoder layer stack (nothing without one)."""
+    stack = decoder_layer_stack(model)
+    return [f"{stack[0]}.*"] if stack else []
+
+
 def select_projections(model: nn.Module, include: list[str] | None, exclude: list[str]) -> dict[str, nn.Module]:
     """Projection modules of `model` selected by the globs, in module order.
 
@@ -104,9 +110,7 @@ def select_projections(model: nn.Module, include: list[str] | None, exclude: lis
     Otherwise a module is selected when its qualified name matches an include glob (fnmatch,
     case-sensitive; `*` also crosses dots). Either way, names matching an `exclude` glob are dropped.
     """
-    if include is None:
-        stack = decoder_layer_stack(model)
-        include = [f"{stack[0]}.*"] if stack else []
+    include = _default_include(model) if include is None else include
     return {name: module for name, module in model.named_modules()
             if is_projection(module) and matches(name, include, exclude)}
 
@@ -114,14 +118,9 @@ def select_projections(model: nn.Module, include: list[str] | None, exclude: lis
 def unsupported_weights(model: nn.Module, include: list[str] | None, exclude: list[str]) -> dict[str, str]:
     """{name: module type} of weight-holding modules the globs (or the default) reach that are not
     projections we support — what an error should name when no target was found."""
-    if include is None:
-        stack = decoder_layer_stack(model)
-        include = [f"{stack[0]}.*"] if stack else []
+    include = _default_include(model) if include is None else include
     return {name: type(module).__name__ for name, module in model.named_modules()
             if isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2
             and not is_projection(module) and not isinstance(module, nn.Embedding)
             and matches(name, include, exclude)}
 
-
-# Kept for plugins written against the first API: the old name of select_projections.
-select_projections = select_projections
