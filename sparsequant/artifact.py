@@ -24,6 +24,7 @@ from sparsequant.manifest import (
     ParentRecord,
     SparsityInfo,
     StageRecord,
+    confined,
     read_manifest,
     utc_now,
 )
@@ -72,12 +73,20 @@ class Artifact:
         """One message per file that is missing or whose sha256 differs from the manifest."""
         failures = []
         for name, expected in sorted(self.manifest.model.files.items()):
-            file = self.path / name
+            file = confined(self.path, name)
             if not file.is_file():
                 failures.append(f"{name} is missing")
             elif f"sha256:{sha256_file(file)}" != expected:
                 failures.append(f"{name} has a different sha256 than recorded")
         return failures
+
+    @property
+    def quantization_file(self) -> Path | None:
+        """The grids file of a quantized artifact (confined to the artifact by read_manifest), else None."""
+        from sparsequant.quant.storage import FILE_NAME
+
+        q = self.manifest.quantization
+        return None if q is None else confined(self.path, q.get("file") or FILE_NAME)
 
     @property
     def adapter_dir(self) -> Path | None:
@@ -148,6 +157,23 @@ def count_parameters(model: PreTrainedModel) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+PARTIAL_MARKER = ".sparsequant-partial"  # first file of every DIR.partial/ we create
+
+
+def check_replaceable(path: Path, marker: str = MANIFEST_NAME) -> None:
+    """ArtifactError unless `path` is absent, empty, or ours (holds `marker`): --force never deletes user files."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink() and ((path / marker).is_file() or not any(path.iterdir())):
+        return
+    kind = "a file" if not path.is_dir() or path.is_symlink() else f"a directory without {marker}"
+    raise ArtifactError(
+        f"{path} is {kind}, so sparsequant did not write it, and --force only replaces sparsequant "
+        "artifacts (and empty directories). Nothing was deleted. Move it away, or choose another "
+        "--output-dir (or --out)."
+    )
+
+
 @dataclass
 class ArtifactWriter:
     """Write one artifact atomically: files into `DIR.partial/`, manifest last, then rename.
@@ -169,10 +195,13 @@ class ArtifactWriter:
                 f"output directory {self.out_dir} already holds {what}. Re-run with --force to "
                 "replace it, or choose another --output-dir."
             )
+        check_replaceable(self.out_dir)
         self.partial = self.out_dir.with_name(self.out_dir.name + ".partial")
+        check_replaceable(self.partial, marker=PARTIAL_MARKER)
         with disk_errors(self.partial):
             remove_tree(self.partial)  # leftovers of a killed run are never trusted
             self.partial.mkdir(parents=True)
+            (self.partial / PARTIAL_MARKER).touch()  # says "ours" to the next run if this one is killed
 
     def save_model(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         with disk_errors(self.partial):
@@ -185,7 +214,7 @@ class ArtifactWriter:
             for name in parent.manifest.model.files:
                 target = self.partial / name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                link_or_copy(parent.path / name, target)
+                link_or_copy(confined(parent.path, name), target)
 
     def write_extra(self, name: str, writer: Callable[[Path], None]) -> None:
         """Let a stage write an extra file (e.g. quantization.safetensors) into the artifact."""
@@ -204,12 +233,14 @@ class ArtifactWriter:
         metrics: dict[str, Any] | None = None,
         warnings: list[str] | None = None,
         inherit_metrics: bool = False,
+        inputs: dict[str, dict[str, Any]] | None = None,
     ) -> Artifact:
         """Checksum every file, write the manifest last, then move the directory into place.
 
         Metrics describe the weights they were measured on, so they carry over from the parent
         only when the stage left the weights unchanged (`inherit_metrics`, e.g. `evaluate`).
         """
+        (self.partial / PARTIAL_MARKER).unlink(missing_ok=True)
         files = {
             str(f.relative_to(self.partial)): f"sha256:{sha256_file(f)}"
             for f in sorted(self.partial.rglob("*"))
@@ -230,10 +261,12 @@ class ArtifactWriter:
             metrics=merge_metrics(inherited.metrics if inherited and inherit_metrics else {}, metrics or {}),
             environment=environment_info(device),
             warnings=[*(inherited.warnings if inherited else []), *(warnings or [])],
+            inputs=inputs or {},
         )
         with disk_errors(self.partial):
             atomic_write_text(self.partial / MANIFEST_NAME, manifest.to_json())
             if self.out_dir.exists():  # only reachable with --force
+                check_replaceable(self.out_dir)  # again: a user may have put files there meanwhile
                 remove_tree(self.out_dir)
             os.replace(self.partial, self.out_dir)
         return Artifact(self.out_dir, manifest)

@@ -10,7 +10,7 @@ import json
 import logging
 import warnings
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -35,6 +35,8 @@ class StageRecord(_Section):
     duration_s: float = 0.0
     # Every precision field of the config as it resolved on this device ("auto" -> "float32"...).
     precision: dict[str, str] = {}
+    seed: int | None = None  # the run's seed (in the identity of every stage but import, which draws none)
+    trust_remote_code: bool = False
 
 
 class ParentRecord(_Section):
@@ -76,6 +78,9 @@ class Manifest(_Section):
     metrics: dict[str, Any] = {}
     environment: dict[str, str] = {}
     warnings: list[str] = []
+    # {config field: {"kind", "sha256", ...}} of every file or corpus the stage's config names; part of
+    # stage.config_sha256 (sparsequant.identity), so a result is reused only on the same data.
+    inputs: dict[str, dict[str, Any]] = {}
 
     def facts(self) -> set[str]:
         """Names of the optional sections present (what later stages may `require`)."""
@@ -113,7 +118,30 @@ def read_manifest(path: Path) -> Manifest:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         raise ArtifactError(f"{file} is not a valid manifest:\n{exc}") from exc
+    for name in [*manifest.model.files, *([manifest.quantization["file"]] if (manifest.quantization or {}).get("file")
+                                          else [])]:
+        confined(path, name)
     unknown = set(data) - set(Manifest.model_fields)
     if unknown:
         warnings.warn(f"{file}: ignoring unknown manifest keys {sorted(unknown)}", stacklevel=2)
     return manifest
+
+
+def confined(directory: Path, name: str) -> Path:
+    """`directory / name` when `name` (a file name read from a manifest) stays inside `directory`.
+
+    A manifest may come from anywhere (an imported artifact, a copied run), so its file names are not
+    trusted: an absolute path, a `..` part, or a symlink that resolves outside is an ArtifactError.
+    """
+    pure = PurePosixPath(name)
+    if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name:
+        raise ArtifactError(f"{directory / MANIFEST_NAME} names the file {name!r}, which is not a plain relative "
+                            "path inside the artifact; the manifest is damaged or was not written by sparsequant. "
+                            "Re-create the artifact")
+    path = directory / pure
+    # resolve() follows every link on the way, so a linked folder ("exports" -> /etc) is caught too
+    if (path.exists() or path.is_symlink()) and not path.resolve().is_relative_to(directory.resolve()):
+        raise ArtifactError(f"{path} (listed in {directory / MANIFEST_NAME}) is a symlink to {path.resolve()}, "
+                            "outside the artifact; sparsequant reads only files inside an artifact. Replace the "
+                            "link with the file itself, or re-create the artifact")
+    return path

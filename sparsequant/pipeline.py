@@ -1,7 +1,8 @@
 """run_pipeline(): import the input, then for each stage resolve, skip if done, run, verify.
 
 Resume is by identity: a stage's output directory is complete when its manifest exists, and it
-is reused when the manifest's config_sha256 (stage name + config + exact input manifest) matches.
+is reused when the manifest's config_sha256 matches: stage name + config + exact input manifest + seed +
+trust_remote_code + the contents of every file the config names (sparsequant.identity).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sparsequant.config import LoadedPipeline
 from sparsequant.distributed.context import DistContext
 from sparsequant.errors import ArtifactError, ConfigError, StageError, ValidationFailed
 from sparsequant.fsutil import atomic_write_text
+from sparsequant.identity import config_inputs
 from sparsequant.manifest import read_manifest
 from sparsequant.precision import describe
 from sparsequant.registry import Registry
@@ -26,6 +28,7 @@ from sparsequant.stages.import_model import ImportConfig, ImportStage
 from sparsequant.verify import verify_artifact
 
 log = logging.getLogger("sparsequant")
+OWN_DIR = ".sparsequant"  # inside output_dir: the run's own files (the resolved pipeline YAML)
 
 
 @dataclass
@@ -71,8 +74,12 @@ def _run_one(stage_cls, config: StageConfig, stage_id: str, parent: Artifact | N
     """Under torchrun, a stage with `distributed = True` runs on every rank (rank 0 writes its
     artifact); any other stage runs on rank 0 while the others wait, then they all read its output."""
     out_dir = root / stage_id
-    device = rank_device(loaded.spec.device, dist)
-    sha = config_sha256(stage_cls.name, config, parent.manifest_sha256 if parent else None, device)
+    spec = loaded.spec
+    device = rank_device(spec.device, dist)
+    inputs = config_inputs(config, loaded.base_dir)
+    seed = spec.seed if getattr(stage_cls, "seeded", True) else None
+    sha = config_sha256(stage_cls.name, config, parent.manifest_sha256 if parent else None, device, seed,
+                        spec.trust_remote_code, inputs)
     started = time.time()
     found = _existing(out_dir, sha, force)
     if found is not None:
@@ -81,10 +88,10 @@ def _run_one(stage_cls, config: StageConfig, stage_id: str, parent: Artifact | N
     missing = set(stage_cls.requires) - (parent.manifest.facts() if parent else set())
     if missing:
         raise StageError(stage_cls.name, f"needs {sorted(missing)} in its input manifest ({parent.path})")
-    spec = loaded.spec
     ctx = StageContext(out_dir=out_dir, work_dir=StageContext.work_dir_for(out_dir), base_dir=loaded.base_dir,
                        stage_id=stage_id, config_sha256=sha, device=device, seed=spec.seed,
-                       force=force, trust_remote_code=spec.trust_remote_code, progress=progress, log=log, dist=dist)
+                       force=force, trust_remote_code=spec.trust_remote_code, progress=progress, log=log, dist=dist,
+                       inputs=inputs)
     log.info("[%s] running on %s", stage_id, describe(device))
     everyone = not dist.enabled or getattr(stage_cls, "distributed", False)
     try:
@@ -117,8 +124,9 @@ def run_pipeline(loaded: LoadedPipeline, registry: Registry, output_dir: Path | 
     """Run every stage of a validated pipeline, resuming finished ones; returns the last artifact."""
     root = resolve_output_dir(loaded, output_dir)
     if dist.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(root / "pipeline.yaml", yaml.safe_dump(loaded.spec.model_dump(mode="json"), sort_keys=False))
+        own = root / OWN_DIR  # our namespace: a user's files in output_dir (say their own pipeline.yaml) stay theirs
+        own.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(own / "pipeline.yaml", yaml.safe_dump(loaded.spec.model_dump(mode="json"), sort_keys=False))
     import_config = ImportConfig(source=loaded.spec.input)
     artifact, outcome = _run_one(ImportStage, import_config, "00_import", None, root, loaded, force, progress, dist)
     result = PipelineResult(artifact, [outcome])
@@ -135,7 +143,8 @@ def import_to(source: str, out: Path, dtype: str = "float32", force: bool = Fals
     """`sparsequant import`: one import stage writing to `out` (relative paths from the cwd)."""
     out = out.resolve()
     config = ImportConfig(source=source, dtype=dtype)
-    sha = config_sha256(ImportStage.name, config, None)
+    inputs = config_inputs(config, Path.cwd())
+    sha = config_sha256(ImportStage.name, config, None, inputs=inputs)
     ctx = StageContext(out_dir=out, work_dir=StageContext.work_dir_for(out), base_dir=Path.cwd(),
-                       stage_id="import", config_sha256=sha, force=force, progress=progress, log=log)
+                       stage_id="import", config_sha256=sha, force=force, progress=progress, log=log, inputs=inputs)
     return ImportStage(config).run(None, ctx)

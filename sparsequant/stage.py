@@ -6,8 +6,6 @@ input artifact. Plugins need not inherit from anything: `check_stage_class` give
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ class StageContext:
     work_dir: Path  # scratch space that survives a kill: checkpoints for resume (DIR.work/)
     base_dir: Path  # relative paths in configs are resolved against this (the YAML's folder)
     stage_id: str
-    config_sha256: str
+    config_sha256: str  # the run's identity (sparsequant.identity); checkpoints resume only under it
     device: str = "cpu"
     seed: int = 0
     force: bool = False
@@ -41,6 +39,7 @@ class StageContext:
     progress: bool = True
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sparsequant"))
     dist: DistContext = field(default_factory=DistContext)  # rank and world size under torchrun
+    inputs: dict[str, dict] = field(default_factory=dict)  # digests of the files the config names (manifest `inputs`)
 
     @staticmethod
     def work_dir_for(out_dir: Path) -> Path:
@@ -55,6 +54,8 @@ class Stage(Protocol):
     Config: ClassVar[type[StageConfig]]
     requires: ClassVar[frozenset[str]]  # manifest facts needed on the input, e.g. {"sparsity"}
     provides: ClassVar[frozenset[str]]  # facts the output adds, e.g. {"quantization"}
+    # Optional: `seeded: ClassVar[bool] = False` for a stage whose output never depends on the seed
+    # (import), so a new seed does not redo it. Absent means True: the seed is part of the identity.
 
     def __init__(self, config: StageConfig) -> None: ...
 
@@ -83,13 +84,15 @@ def check_stage_class(cls: object, name: str) -> type:
 
 
 def config_sha256(stage_name: str, config: StageConfig, parent_manifest_sha256: str | None,
-                  device: str = "cpu") -> str:
-    """Identity of a stage run: its name, its config, and the exact input it ran on.
+                  device: str = "cpu", seed: int | None = None, trust_remote_code: bool = False,
+                  inputs: dict[str, dict] | None = None) -> str:
+    """Identity of a stage run (sparsequant.identity): name, config, exact input, seed, inputs' contents.
 
     A precision of `auto` enters as what it resolves to on `device` (bf16 or fp32 give different
     numbers), so a run resumed on a CPU of another kind does not reuse a result it would not reproduce.
     """
+    from sparsequant.identity import identity_sha256
     from sparsequant.precision import resolved_config_dump
 
-    payload = {"stage": stage_name, "config": resolved_config_dump(config, device), "parent": parent_manifest_sha256}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return identity_sha256(stage_name, resolved_config_dump(config, device), parent_manifest_sha256, seed,
+                           trust_remote_code, inputs or {})

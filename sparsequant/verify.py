@@ -58,7 +58,7 @@ def grid_failures(artifact: Artifact) -> tuple[list[str], int]:
     from sparsequant.quant.grid import off_grid_count
     from sparsequant.quant.storage import load_grids
 
-    path = artifact.path / artifact.manifest.quantization.get("file", "quantization.safetensors")
+    path = artifact.quantization_file
     if not path.is_file():
         return [f"{path.name}: the quantization grids named by the manifest are missing"], 0
     layers, spec, _ = load_grids(path)

@@ -47,6 +47,21 @@ def _load(spec: str, base_dir: Path) -> dict[str, Any]:
     return {"train": loaded} if isinstance(loaded, datasets.Dataset) else dict(loaded)
 
 
+def dataset_fingerprint(spec: str, base_dir: Path) -> dict[str, Any]:
+    """{"kind": "dataset", "sha256": ...} from the fingerprints `datasets` gives each split's cached data.
+
+    `datasets` keeps the fingerprint (a hash of the data files and the transforms applied) in the private
+    `_fingerprint`; there is no public accessor, and hashing the arrow files ourselves would read GBs.
+    """
+    import hashlib
+    import json
+
+    splits = _load(spec, base_dir)
+    prints = {name: getattr(split, "_fingerprint", None) for name, split in sorted(splits.items())}
+    digest = hashlib.sha256(json.dumps(prints, sort_keys=True).encode()).hexdigest()
+    return {"kind": "dataset", "sha256": digest, "splits": sorted(splits)}
+
+
 def dataset_text(
     spec: str,
     split: str,

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from sparsequant.data.builtin import builtin_corpus
-from sparsequant.data.hf_dataset import dataset_text
+from sparsequant.data.hf_dataset import dataset_fingerprint, dataset_text
 from sparsequant.errors import ConfigError
 from sparsequant.fsutil import resolve_path
 from sparsequant.schema import StrictModel
@@ -55,6 +55,16 @@ class DataConfig(StrictModel):
         if source.startswith("datasets:") and source.removeprefix("datasets:").split(":")[0]:
             return source
         raise ValueError(f"unknown data source {source!r}; {_FIX_SOURCE}")
+
+    def named_inputs(self, base_dir: Path) -> dict[str, dict[str, Any]]:
+        """The digest of the text this block reads, for the stage's identity (sparsequant.identity)."""
+        from sparsequant.identity import builtin_input, file_input
+
+        if self.source == "builtin":
+            return {"source": builtin_input(self.split)}
+        if self.source.startswith("datasets:"):
+            return {"source": dataset_fingerprint(self.source.removeprefix("datasets:"), base_dir)}
+        return {"source": file_input(self.source, base_dir, "data source")}
 
 
 def _resolve(source: str, base_dir: Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -53,6 +54,13 @@ def _autocast(device: str, dtype: torch.dtype | None):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+def nll_sum(logits: torch.Tensor, windows: torch.Tensor) -> float:
+    """Summed next-token NLL of (B, T, V) logits over the (B, T) windows they were computed on."""
+    # (B, T-1, V) predictions for tokens 1..T-1; fp32 keeps bf16 runs comparable to fp32 ones.
+    pred = logits[:, :-1].float().flatten(0, 1)
+    return float(F.cross_entropy(pred, windows[:, 1:].to(logits.device).flatten(), reduction="sum"))
+
+
 @torch.no_grad()
 def window_nll_sum(model, windows: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> float:
     """Summed next-token NLL over a (B, T) batch of windows; logits scored in fp32."""
@@ -60,16 +68,35 @@ def window_nll_sum(model, windows: torch.Tensor, autocast_dtype: torch.dtype | N
     batch = windows.to(device)
     with _autocast(str(device), autocast_dtype):
         logits = model(input_ids=batch).logits  # (B, T, V)
-    # (B, T-1, V) predictions for tokens 1..T-1; fp32 keeps bf16 runs comparable to fp32 ones.
-    pred = logits[:, :-1].float().flatten(0, 1)
-    return float(F.cross_entropy(pred, batch[:, 1:].flatten(), reduction="sum"))
+    return nll_sum(logits, batch)
 
 
 def perplexity(
     model, tokenizer, text: str, seq_len: int = 512, batch_size: int = 4,
     autocast_dtype: torch.dtype | None = None, max_windows: int | None = None, progress: bool = True,
 ) -> PerplexityResult:
-    """Perplexity of `model` on `text` with the protocol in the module docstring."""
+    """Perplexity of a PyTorch `model` on `text` with the protocol in the module docstring."""
+    return windowed_perplexity(lambda chunk: window_nll_sum(model, chunk, autocast_dtype), tokenizer, text,
+                               seq_len, batch_size, max_windows, progress)
+
+
+def ort_perplexity(decoder, tokenizer, text: str, seq_len: int = 512, batch_size: int = 4,
+                   max_windows: int | None = None, progress: bool = True) -> PerplexityResult:
+    """The same protocol on an exported graph in ONNX Runtime (`decoder`: an export.ort_decoder.OrtDecoder),
+    so an export's quality is measured with the arithmetic it serves with, not inherited from PyTorch."""
+    import numpy as np
+
+    def chunk_nll(chunk: torch.Tensor) -> float:
+        ids = chunk.numpy()
+        logits, _ = decoder.run(ids, np.ones_like(ids), decoder.empty_cache(len(ids)))  # (B, T, V), an empty cache
+        return nll_sum(torch.from_numpy(logits), chunk)
+
+    return windowed_perplexity(chunk_nll, tokenizer, text, seq_len, batch_size, max_windows, progress)
+
+
+def windowed_perplexity(chunk_nll: Callable[[torch.Tensor], float], tokenizer, text: str, seq_len: int,
+                        batch_size: int, max_windows: int | None, progress: bool) -> PerplexityResult:
+    """exp(mean NLL) with `chunk_nll((B, seq_len) windows) -> summed NLL` doing the model's part."""
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     windows = token_windows(ids, seq_len, max_windows)
     started = time.perf_counter()
@@ -77,7 +104,7 @@ def perplexity(
     bar = tqdm(total=len(windows), desc="perplexity", unit="win", disable=not progress, leave=False)
     for start in range(0, len(windows), batch_size):
         chunk = windows[start : start + batch_size]
-        total_nll += window_nll_sum(model, chunk, autocast_dtype)
+        total_nll += chunk_nll(chunk)
         bar.update(len(chunk))
         bar.set_postfix(ppl=f"{math.exp(total_nll / ((start + len(chunk)) * (seq_len - 1))):.2f}")
     bar.close()

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# The kernels export_onnx checks against PyTorch (all fusions, fused int4/int8 MatMulNBits computing in
+# fp32): every ORT number we report (latency, perplexity) uses these, so speed and quality are of one graph.
+VALIDATED_ACCURACY_LEVEL = 1
 
 
 def position_ids_for(attention_mask: np.ndarray, past: int = 0) -> np.ndarray:
@@ -46,6 +49,11 @@ class OrtDecoder:
         first = next(iter(self.cache_inputs.values()))
         self.cache_dtype = _NUMPY[first.type]
         self.kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+
+    @classmethod
+    def validated(cls, path: Path, threads: int | None = None) -> OrtDecoder:
+        """A session with the kernels export_onnx validated (see VALIDATED_ACCURACY_LEVEL)."""
+        return cls(path, threads, fuse=True, int4_accuracy_level=VALIDATED_ACCURACY_LEVEL)
 
     def empty_cache(self, batch: int) -> dict[str, np.ndarray]:
         return {name: np.zeros((batch, self.kv_heads, 0, self.head_dim), self.cache_dtype) for name in self.cache_inputs}

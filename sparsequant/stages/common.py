@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from sparsequant.artifact import Artifact, ArtifactWriter, count_parameters
 from sparsequant.errors import StageError
-from sparsequant.fsutil import link_or_copy
 from sparsequant.manifest import SparsityInfo, StageRecord
 from sparsequant.precision import resolved_precisions
 from sparsequant.sparsity.report import divisibility_problems, nm_failures, zero_fractions
@@ -78,7 +78,10 @@ def verified_sparsity(stage: str, targets: dict[str, nn.Linear], spec: SparsityS
 
 def _copy_into(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)  # names like "adapter/adapter_model.safetensors"
-    link_or_copy(source, target)  # sources are in the stage's work dir, beside the artifact: a hard link
+    # A copy, never a hard link: sources live in the stage's work dir, which a later run writes again
+    # (metrics.jsonl is appended to, safetensors and reports are rewritten in place), and a shared inode
+    # would change a finished artifact under its checksums.
+    shutil.copy2(source, target)
 
 
 def reverified_sparsity(stage: str, parent: Artifact, model) -> SparsityInfo | None:
@@ -96,7 +99,8 @@ def reverified_sparsity(stage: str, parent: Artifact, model) -> SparsityInfo | N
 def stage_record(name: str, config: StageConfig, ctx: StageContext, started: float) -> StageRecord:
     return StageRecord(name=name, id=ctx.stage_id, config=config.model_dump(mode="json"),
                        config_sha256=ctx.config_sha256, duration_s=round(time.time() - started, 3),
-                       precision=resolved_precisions(config, ctx.device))
+                       precision=resolved_precisions(config, ctx.device), trust_remote_code=ctx.trust_remote_code,
+                       seed=ctx.seed)
 
 
 def peak_rss_mb() -> float:
@@ -119,8 +123,8 @@ def write_model_artifact(
     """Write this stage's artifact atomically, with its manifest.
 
     The model files are `model` + `tokenizer` saved anew, or, with `reuse_parent_files` (stages
-    that leave the weights unchanged), the parent's files hard-linked; `extra_files` (name -> source
-    path) are copied in. Metrics are inherited from the parent only in the second case.
+    that leave the weights unchanged), the parent's files hard-linked (artifacts are never written
+    again, only replaced whole); `extra_files` (name -> source path) are copied in. Metrics are inherited from the parent only in the second case.
     """
     writer = ArtifactWriter(ctx.out_dir, force=ctx.force)
     try:
@@ -135,7 +139,7 @@ def write_model_artifact(
         info = model_info(model) if model is not None else \
             parent.manifest.model.model_dump(include={"architecture", "dtype", "num_parameters", "transposed"})
         return writer.commit(stage_record(name, config, ctx, started), info, parent, entry,
-                             ctx.device, inherit_metrics=reuse_parent_files, **sections)
+                             ctx.device, inherit_metrics=reuse_parent_files, inputs=ctx.inputs, **sections)
     except BaseException:
         writer.abort()
         raise

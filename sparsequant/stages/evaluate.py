@@ -10,13 +10,17 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from sparsequant.artifact import Artifact
-from sparsequant.errors import ConfigError
+from sparsequant.errors import ConfigError, StageError
 from sparsequant.eval.perplexity import perplexity
+from sparsequant.export.ort_decoder import VALIDATED_ACCURACY_LEVEL, OrtDecoder
 from sparsequant.fsutil import resolve_path
 from sparsequant.precision import Precision, autocast_dtype, resolved_name
 from sparsequant.schema import StrictModel
 from sparsequant.stage import StageConfig, StageContext
 from sparsequant.stages.common import write_model_artifact
+
+
+BUILTIN_LABEL = "builtin-heldout"
 
 
 class ZeroShotConfig(StrictModel):
@@ -25,6 +29,12 @@ class ZeroShotConfig(StrictModel):
     limit: int | None = Field(None, ge=1)  # at most this many questions per task
     batch_size: int = Field(8, ge=1)
     num_fewshot: int = Field(0, ge=0)
+
+    def named_inputs(self, base_dir: Path) -> dict[str, dict]:
+        from sparsequant.identity import tree_input
+
+        return {"include_path": tree_input(self.include_path, base_dir, "zero-shot include_path")} \
+            if self.include_path else {}
 
 
 class LatencyConfig(StrictModel):
@@ -40,18 +50,31 @@ class EvaluateConfig(StageConfig):
     batch_size: int = Field(4, ge=1)
     max_windows: int | None = Field(None, ge=1)  # None = the whole text
     dtype: Precision = "auto"  # bfloat16 = autocast; auto = bf16 only where native (sparsequant.precision)
-    name: str | None = None  # metric key; default: the file name (or "builtin-heldout")
+    # Where perplexity is computed: the PyTorch model, or the exported graph (exports/model.onnx, after
+    # export_onnx) in ONNX Runtime with the kernels export_onnx validated; dtype is then the graph's own.
+    backend: Literal["torch", "onnxruntime"] = "torch"
+    name: str | None = None  # metric key; default: the file name (or "builtin-heldout-<digest>")
     zeroshot: ZeroShotConfig | None = None  # lm-eval multiple-choice accuracy
     size: bool = True  # bytes on disk (model files, ONNX) and the packed N:M / int size
     latency: LatencyConfig | None = None  # CPU prefill and decode speed, PyTorch and ONNX Runtime
+
+    def named_inputs(self, base_dir: Path) -> dict[str, dict]:
+        from sparsequant.identity import builtin_input, file_input
+
+        if self.text is None:
+            return {}
+        return {"text": builtin_input("heldout") if self.text == "builtin" else
+                file_input(self.text, base_dir, "evaluation text")}
 
 
 def read_eval_text(text: str, base: Path) -> tuple[str, str]:
     """(label, contents) of an evaluation text; ConfigError naming the file when unreadable."""
     if text == "builtin":
         from sparsequant.data.builtin import builtin_corpus
+        from sparsequant.data.cache import sha256_text
 
-        return "builtin-heldout", builtin_corpus("heldout")
+        corpus = builtin_corpus("heldout")  # differs between machines (python3.X-doc installed or not)
+        return f"{BUILTIN_LABEL}-{sha256_text(corpus)[:8]}", corpus
     path = resolve_path(text, base)
     try:
         return path.name, path.read_text(encoding="utf-8")
@@ -62,9 +85,13 @@ def read_eval_text(text: str, base: Path) -> tuple[str, str]:
 
 
 def metric_key(config: EvaluateConfig, label: str, device: str = "cpu") -> str:
-    """"wiki.test.raw@512x16", with "/bf16" when the windows ran in bf16 (`auto` resolved on `device`):
-    bf16 changes the numbers, so a bf16 and an fp32 perplexity never share a key."""
+    """"wiki.test.raw@512x16", with "/bf16" when the windows ran in bf16 (`auto` resolved on `device`)
+    and "/ort" when they ran in ONNX Runtime: both change the numbers, so such results never share a key.
+    `label` of the built-in corpus carries its digest ("builtin-heldout-1a2b3c4d"), so two machines'
+    corpora never share one either."""
     suffix = f"@{config.seq_len}" + ("" if config.max_windows is None else f"x{config.max_windows}")
+    if config.backend == "onnxruntime":
+        return (config.name or label) + suffix + "/ort"
     return (config.name or label) + suffix + ("/bf16" if resolved_name(config.dtype, device) == "bfloat16" else "")
 
 
@@ -103,7 +130,7 @@ def evaluate_metrics(cfg: EvaluateConfig, artifact: Artifact, model, tokenizer, 
     """Every measurement `cfg` asks for, as manifest metrics (shared by the stage and `sparsequant eval`)."""
     metrics: dict = {}
     if text is not None:
-        metrics |= _perplexity(cfg, model, tokenizer, *text, progress, log, device)
+        metrics |= _perplexity(cfg, artifact, model, tokenizer, *text, progress, log, device)
     if cfg.zeroshot is not None:
         from sparsequant.eval.zeroshot import zeroshot_accuracy
 
@@ -121,23 +148,43 @@ def evaluate_metrics(cfg: EvaluateConfig, artifact: Artifact, model, tokenizer, 
         from sparsequant.eval.latency import measure_latency
 
         lat = cfg.latency
+        integer_weights = artifact.manifest.metrics.get("export_onnx", {}).get("weights") in ("int4", "int8")
         metrics["latency"] = measure_latency(model, onnx_file(artifact), lat.prompt_tokens, lat.decode_tokens,
-                                             lat.repeats, tuple(lat.backends))
+                                             lat.repeats, tuple(lat.backends), integer_weights)
         for backend, values in metrics["latency"].items():
             log.info("latency %s: prefill of %d tokens %.3f s, decode %.1f tok/s", backend, lat.prompt_tokens,
                      values["prefill_s"], values["decode_tokens_per_s"])
     return metrics
 
 
-def _perplexity(cfg: EvaluateConfig, model, tokenizer, label: str, text: str, progress: bool,
+def _perplexity(cfg: EvaluateConfig, artifact: Artifact, model, tokenizer, label: str, text: str, progress: bool,
                 log: logging.Logger, device: str) -> dict:
-    autocast = autocast_dtype(cfg.dtype, device, "evaluate.dtype")
-    log.info("evaluate: perplexity in %s (dtype=%s)", "bf16 autocast" if autocast else "fp32", cfg.dtype)
-    result = perplexity(model, tokenizer, text, cfg.seq_len, cfg.batch_size, autocast, cfg.max_windows, progress)
+    from sparsequant.data.cache import sha256_text
+
+    record = {"backend": cfg.backend, "text_sha256": sha256_text(text), "text_chars": len(text)}
+    if cfg.backend == "onnxruntime":
+        result = _ort_perplexity(cfg, artifact, tokenizer, text, progress, log)
+        record["kernels"] = f"validated (accuracy level {VALIDATED_ACCURACY_LEVEL})"
+    else:
+        autocast = autocast_dtype(cfg.dtype, device, "evaluate.dtype")
+        log.info("evaluate: perplexity in %s (dtype=%s)", "bf16 autocast" if autocast else "fp32", cfg.dtype)
+        result = perplexity(model, tokenizer, text, cfg.seq_len, cfg.batch_size, autocast, cfg.max_windows, progress)
     key = metric_key(cfg, label, device)
     log.info("perplexity %s = %.3f (%d tokens, %.0f tok/s)", key, result.perplexity, result.tokens,
              result.tokens_per_s)
-    return {"perplexity": {key: result.perplexity}, "eval": {key: result.as_dict()}}
+    return {"perplexity": {key: result.perplexity}, "eval": {key: result.as_dict() | record}}
+
+
+def _ort_perplexity(cfg: EvaluateConfig, artifact: Artifact, tokenizer, text: str, progress: bool, log):
+    from sparsequant.eval.perplexity import ort_perplexity
+
+    path = onnx_file(artifact)
+    if path is None:
+        raise StageError("evaluate", f"backend: onnxruntime scores the exported graph, and {artifact.path} has no "
+                         "exports/model.onnx. Put this evaluate stage after export_onnx, or use backend: torch")
+    log.info("evaluate: perplexity of %s in ONNX Runtime (validated kernels)", path.relative_to(artifact.path))
+    return ort_perplexity(OrtDecoder.validated(path), tokenizer, text, cfg.seq_len, cfg.batch_size,
+                          cfg.max_windows, progress)
 
 
 def onnx_file(artifact: Artifact) -> Path | None:
@@ -175,9 +222,8 @@ def artifact_size(artifact: Artifact, model) -> dict[str, int]:
 
 
 def _quantized_layers(artifact: Artifact) -> set[str]:
-    q = artifact.manifest.quantization
-    if not q or not q.get("file"):
+    if artifact.quantization_file is None:
         return set()
     from sparsequant.quant.storage import grid_layer_names
 
-    return grid_layer_names(artifact.path / q["file"])
+    return grid_layer_names(artifact.quantization_file)

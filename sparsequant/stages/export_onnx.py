@@ -128,7 +128,7 @@ class ExportOnnxStage:
             from sparsequant.export.quantized import quantize_graph
             from sparsequant.quant.storage import load_grids
 
-            grids, spec, group_size = load_grids(artifact.path / artifact.manifest.quantization["file"])
+            grids, spec, group_size = load_grids(artifact.quantization_file)
             names |= set(grids)
         weights = {n: weight_oi(modules[n]).detach() for n in names}  # (out, in), Conv1D included
         matched = match_layers(graph, weights)
@@ -178,7 +178,7 @@ class ExportOnnxStage:
         from sparsequant.export.ort_decoder import OrtDecoder
 
         exact = logits_deltas(model, tokenizer, OrtDecoder(path, fuse=False))
-        decoder = OrtDecoder(path, int4_accuracy_level=1)  # all fusions, fp32 activations
+        decoder = OrtDecoder.validated(path)  # all fusions, fp32 activations: what evaluate times and scores
         fused = logits_deltas(model, tokenizer, decoder)
         default = logits_deltas(model, tokenizer, OrtDecoder(path))  # ORT as shipped: int4 kernels, int8 activations
         report: dict[str, Any] = exact | {f"fused_{k}": v for k, v in fused.items()} \

@@ -17,6 +17,15 @@ class ImportConfig(StageConfig):
     source: str
     dtype: Literal["float32", "bfloat16"] = "float32"
 
+    def named_inputs(self, base_dir) -> dict[str, dict]:
+        from sparsequant.identity import file_input, model_dir_input
+
+        kind, path = resolve_source(self.source, base_dir)
+        if kind == "tiny":
+            return {"source": {"kind": "code", "sha256": source_sha256(kind, path)}}
+        return {"source": model_dir_input(str(path), base_dir, "model source") if kind == "hf_dir" else
+                file_input(str(path), base_dir, "model source")}
+
 
 def source_sha256(kind: str, path) -> str:
     """sha256 of a GGUF file, or of a directory's weight files (sorted, digest of digests)."""
@@ -44,6 +53,7 @@ class ImportStage:
     Config = ImportConfig
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
+    seeded: ClassVar[bool] = False  # loading a model draws no random numbers: a new seed reuses the import
 
     def __init__(self, config: ImportConfig):
         self.config = config
@@ -68,7 +78,8 @@ class ImportStage:
 
         if kind != "hf_dir" or not Artifact.is_complete(path):
             return {}, {}
-        source = Artifact.load(path).manifest  # checksums verified
+        loaded = Artifact.load(path)  # checksums verified, file names confined to it
+        source = loaded.manifest
         lineage["source_lineage"] = [entry.get("stage") for entry in source.lineage]
         sections = {"sparsity": source.sparsity, "quantization": source.quantization}
         extra = {}
@@ -76,6 +87,6 @@ class ImportStage:
             if self.config.dtype != "float32":
                 raise StageError(self.name, f"{path} is quantized; importing it as {self.config.dtype} would move its "
                                  "weights off their grids. Import it with dtype: float32")
-            name = source.quantization.get("file", "quantization.safetensors")
-            extra[name] = path / name
+            grids = loaded.quantization_file
+            extra[grids.relative_to(path).as_posix()] = grids
         return sections, extra

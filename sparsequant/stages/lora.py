@@ -30,6 +30,11 @@ class LoraDistill(StrictModel):
             raise ValueError("distill.eta > 0 needs distill.teacher (a path to the dense model's artifact)")
         return self
 
+    def named_inputs(self, base_dir) -> dict[str, dict]:
+        from sparsequant.identity import model_dir_input
+
+        return {"teacher": model_dir_input(self.teacher, base_dir, "lora distill.teacher")} if self.teacher else {}
+
 
 class LoraStageConfig(StageConfig):
     rank: int = Field(16, ge=1)
@@ -183,8 +188,8 @@ class LoraStage:
             extra |= self._saved_adapter(peft_model, ctx)
             model = peft_model.unload()  # the base, untouched
             if artifact.manifest.quantization:
-                name = artifact.manifest.quantization.get("file", "quantization.safetensors")
-                extra[name] = artifact.path / name
+                grids = artifact.quantization_file
+                extra[grids.relative_to(artifact.path).as_posix()] = grids
         else:
             model = peft_model.merge_and_unload()
             if quant_aware:
@@ -209,9 +214,9 @@ class LoraStage:
 
     @staticmethod
     def _parent_grids(artifact):
-        from sparsequant.quant.storage import FILE_NAME, load_grids
+        from sparsequant.quant.storage import load_grids
 
-        grids, spec, _ = load_grids(artifact.path / artifact.manifest.quantization.get("file", FILE_NAME))
+        grids, spec, _ = load_grids(artifact.quantization_file)
         return grids, spec
 
     @staticmethod
@@ -221,7 +226,6 @@ class LoraStage:
         import torch
 
         from sparsequant.quant.grid import quantize_grouped
-        from sparsequant.quant.storage import FILE_NAME
         from sparsequant.sparsity.targets import weight_data_oi
 
         modules = dict(model.named_modules())
@@ -229,9 +233,9 @@ class LoraStage:
             for name, grid in grids.items():
                 weight = weight_data_oi(modules[name])  # (out, in), where the grids are defined
                 weight.copy_(quantize_grouped(weight, grid.scale, grid.zero, grid.g_idx, spec).to(weight.dtype))
-        section = artifact.manifest.quantization
-        file_name = section.get("file", FILE_NAME)
-        return {**section, "lora_merge": "quant_aware"}, {file_name: artifact.path / file_name}
+        grids_file = artifact.quantization_file
+        return ({**artifact.manifest.quantization, "lora_merge": "quant_aware"},
+                {grids_file.relative_to(artifact.path).as_posix(): grids_file})
 
     def _requantize(self, artifact, model, tokenizer, masks, ctx: StageContext):
         """Mask-preserving GPTQ of the merged layers, onto the parent's grids (or refitted ones with the
@@ -242,7 +246,7 @@ class LoraStage:
 
         started = time.time()
         section = artifact.manifest.quantization
-        old_grids, _, _ = load_grids(artifact.path / section.get("file", FILE_NAME))
+        old_grids, _, _ = load_grids(artifact.quantization_file)
         modules = dict(model.named_modules())
         targets = {name: modules[name] for name in old_grids}
         settings = GPTQSettings.from_manifest(section)

@@ -70,7 +70,11 @@ def test_size_section_matches_files_on_disk(runs):
     assert dense["packed_bytes"] == dense["dense_16bit_bytes"]  # nothing to pack in a dense model
     assert sparse["packed_bytes"] < dense["packed_bytes"]
     assert size["packed_bytes"] < sparse["packed_bytes"]  # 4-bit on top of 2:4
-    assert set(final.manifest.metrics["latency"]) == {"torch", "onnxruntime"}  # ORT only once exported
+    latency = final.manifest.metrics["latency"]
+    # ORT only once exported; an int4 export is also timed with ORT's default int8-activation kernels,
+    # under their own name, so "onnxruntime" stays the speed of the kernels export_onnx validated
+    assert set(latency) == {"torch", "onnxruntime", "onnxruntime_int8_activations"}
+    assert latency["onnxruntime"]["kernels"].startswith("validated")
     assert set(read_manifest(runs / "sparse" / "03_evaluate").metrics["latency"]) == {"torch"}
 
 
