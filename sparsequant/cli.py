@@ -121,7 +121,7 @@ def cmd_eval(args) -> int:
     tasks = [t for t in (args.zeroshot or "").split(",") if t]
     config = EvaluateConfig(
         text=args.text, seq_len=args.seq_len, batch_size=args.batch_size, max_windows=args.max_windows,
-        dtype=args.dtype, size=args.size,
+        dtype=args.dtype, size=args.size, backend=args.backend,
         zeroshot=ZeroShotConfig(tasks=tasks, include_path=args.include_path, limit=args.limit) if tasks else None,
         latency=LatencyConfig(prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens) if args.latency
         else None)
@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=int)
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="auto: bf16 autocast only on hardware with native bf16, else fp32")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="perplexity of the PyTorch model, or of exports/model.onnx in ONNX Runtime")
     p.add_argument("--zeroshot", metavar="TASK[,TASK]", help="lm-eval tasks, e.g. sq_everyday_mc (built in)")
     p.add_argument("--include-path", help="folder of local lm-eval task YAMLs")
     p.add_argument("--limit", type=int, help="at most this many questions per zero-shot task")
