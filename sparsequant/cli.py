@@ -108,6 +108,17 @@ def cmd_inspect(args) -> int:
                           "grid_failures": report.grid_failures}, indent=2))
     else:
         print_manifest(artifact, verified=report)
+    onnx_path = path / "exports" / "model.onnx"
+    if report.ok and onnx_path.is_file() and not args.no_tensorrt:
+        from sparsequant.export.trt_check import check_export
+
+        checks = check_export(path / "exports")
+        if args.json:
+            print(json.dumps({"tensorrt": checks}, indent=2))
+        else:
+            from sparsequant.summary import print_tensorrt_check
+
+            print_tensorrt_check(checks)
     if not report.ok:
         raise ValidationFailed(f"inspect {path}", report.failures)
     return 0
@@ -208,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="print the manifest and re-verify checksums and N:M")
     p.add_argument("artifact")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-tensorrt", action="store_true",
+                   help="skip the static TensorRT check of exports/model.onnx (parser rules, sparse-eligible GEMMs)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("eval", help="perplexity, zero-shot accuracy, size and latency of an artifact (not saved)")

@@ -69,6 +69,25 @@ def print_manifest(artifact: Artifact, verified=None, console: Console | None = 
             console.print(f"  [red]{line}[/red]")
 
 
+def print_tensorrt_check(checks: dict[str, dict], console: Console | None = None) -> None:
+    """Per TensorRT major: does the parser take the export, and per GEMM, sparse-eligible or why not."""
+    console = _console(console)
+    for check in checks.values():
+        verdict = "[green]parser accepts the graph[/green]" if check["parser_ok"] else \
+            f"[red]parser rejects the graph ({check['problem_count']} problems)[/red]"
+        console.print(f"TensorRT {check['tensorrt']}: {verdict}; {check['sparse_eligible']} of {check['gemms']} "
+                      "GEMMs sparse-eligible")
+        for problem in check["problems"][:5]:
+            console.print(f"  [red]{escape(problem)}[/red]")
+        table = Table(show_header=True, box=None, padding=(0, 1))
+        for column in ("GEMM", "weight", "sparse", "why"):
+            table.add_column(column)
+        for gemm in check["per_gemm"]:
+            table.add_row(escape(gemm["layer"] or gemm["node"]), gemm["weight_type"],
+                          "yes" if gemm["sparse_eligible"] else "no", escape(gemm["why"]))
+        console.print(table)
+
+
 def print_report(report, console: Console | None = None) -> None:
     """The report's main columns as a rich table (the full table is in report.md / report.csv)."""
     from sparsequant.report.render import cell

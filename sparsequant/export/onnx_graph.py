@@ -110,17 +110,20 @@ def nm_report(model: onnx.ModelProto, matched: dict[str, str], pattern: NMPatter
 
 
 def replace_with_dequantize(model: onnx.ModelProto, init_name: str, codes: np.ndarray, scale: np.ndarray,
-                            zero: np.ndarray, bits: int, block_size: int | None) -> None:
+                            zero: np.ndarray, bits: int, block_size: int | None, signed: bool = False) -> None:
     """Swap a float MatMul initializer (in, out) for integer codes + DequantizeLinear (opset 21).
 
     Args:
-        codes: (in, out) integer codes in [0, 2^bits − 1].
+        codes: (in, out) integer codes, in [0, 2^bits − 1] (unsigned) or [−2^(bits−1), 2^(bits−1) − 1].
         scale: (in / block, out) fp32 — or (out,) for one scale per output channel (block_size None).
-        zero: zero points with the shape of `scale`.
-        bits: 4 (UINT4) or 8 (UINT8).
+        zero: zero points with the shape of `scale` (all 0 when `signed`, TensorRT's only form).
+        bits: 4 (UINT4 / INT4) or 8 (UINT8 / INT8).
         block_size: rows of `codes` per scale (blocked quantization along axis 0), or None.
+        signed: INT4/INT8 codes (TensorRT) instead of UINT4/UINT8 (ONNX Runtime's usual form).
     """
-    dtype = {4: ml_dtypes.uint4, 8: np.uint8}[bits]  # numpy_helper packs uint4 two per byte
+    # numpy_helper packs (u)int4 two per byte
+    dtype = {(4, False): ml_dtypes.uint4, (8, False): np.uint8, (4, True): ml_dtypes.int4, (8, True): np.int8}[
+        bits, signed]
     graph = model.graph
     index = next(i for i, init in enumerate(graph.initializer) if init.name == init_name)
     del graph.initializer[index]

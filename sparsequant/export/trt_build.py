@@ -1,15 +1,18 @@
 """TensorRT engine building from the exported ONNX, with 2:4 sparse weights enabled (GPU machines only).
 
-The pure parts (config -> builder flags, optimization-profile shapes, build-log parsing) are
-functions tested here on CPU; `build_engine` needs the `tensorrt` package and a CUDA GPU and is
-exercised by `gpu`-marked tests. Notes on sparse kernels (NVIDIA's TensorRT docs and the 2:4 paper,
-arXiv 2104.08378): the tensor cores' sparse GEMM runs only when the weight is 2:4 along K, TensorRT is
-built with SPARSE_WEIGHTS, and the layer's precision has sparse tactics — fp16/bf16, and int8 when the
-GEMM has int8 inputs and outputs (explicit Q/DQ around it). Weight-only int4 has none.
+The pure parts (build plan per TensorRT major, optimization-profile shapes, build-log and engine-
+inspector parsing) are functions tested here on CPU; `build_engine` needs the `tensorrt` package and
+a CUDA GPU and is exercised by `gpu`-marked tests and `python -m sparsequant.export.gpu_check`.
+Notes on sparse kernels (NVIDIA's TensorRT docs and the 2:4 paper, arXiv 2104.08378): the tensor
+cores' sparse GEMM runs only when the weight is 2:4 along K, TensorRT is built with SPARSE_WEIGHTS, and
+the layer's precision has sparse tactics — fp16/bf16, and int8 when the GEMM has int8 inputs and
+outputs (explicit Q/DQ around it). Weight-only int4 has none. TensorRT 11 builds strongly typed
+networks only (the FP16/INT8 builder flags are gone): the graph's types are the engine's types.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,37 @@ class ShapeRange:
     def __post_init__(self) -> None:
         if not 0 <= self.min <= self.opt <= self.max:
             raise ValueError(f"need 0 <= min <= opt <= max, got {self.min}, {self.opt}, {self.max}")
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """How to build on one TensorRT major: a strongly typed network, or the legacy precision flags."""
+
+    major: int
+    strongly_typed: bool
+    flags: tuple[str, ...]  # tensorrt.BuilderFlag names; SPARSE_WEIGHTS always
+
+
+def build_plan(major: int, precision: str, graph_has_qdq: bool, strongly_typed: bool | None = None) -> BuildPlan:
+    """The plan for TensorRT `major` (10 or 11). `strongly_typed` None: yes on 11 (its only mode), no on 10.
+
+    A strongly typed build takes every type from the graph, so `precision` must be "auto" there (export the
+    precision you want with export_onnx target: tensorrt); a weakly typed 10.x build uses the legacy flags,
+    "auto" meaning fp16 (plus int8 when the graph has Q/DQ).
+    """
+    if major not in (10, 11):
+        raise ValueError(f"TensorRT {major}.x is not supported; sparsequant builds with TensorRT 10.x or 11.x")
+    if major >= 11 and strongly_typed is False:
+        raise ValueError("TensorRT 11 builds strongly typed networks only; drop strongly_typed: false")
+    typed = True if major >= 11 else bool(strongly_typed)
+    if typed:
+        if precision != "auto":
+            raise ValueError(f"precision {precision!r} needs a weakly typed TensorRT 10 build; a strongly typed build "
+                             "(TensorRT 11, or strongly_typed: true) runs the graph's own types: use precision: auto "
+                             "and export them with export_onnx target: tensorrt")
+        return BuildPlan(major, True, ("SPARSE_WEIGHTS",))
+    legacy = precision if precision != "auto" else ("int8" if graph_has_qdq else "fp16")
+    return BuildPlan(major, False, tuple(builder_flags(legacy, graph_has_qdq)))
 
 
 def builder_flags(precision: str, graph_has_qdq: bool) -> list[str]:
@@ -81,6 +115,35 @@ def parse_sparsity_log(lines: list[str]) -> dict[str, list[str]]:
     return {"eligible": eligible, "chosen": chosen}
 
 
+def sparse_tactics(engine_information: str) -> dict[str, Any]:
+    """Which engine layers run a sparse tactic, from IEngineInspector's JSON (ProfilingVerbosity.DETAILED).
+
+    The JSON holds {"Layers": [...]}; with DETAILED verbosity each layer is an object with "Name",
+    "LayerType" and "TacticName" (with less, a bare name string, and then nothing can be said: `detailed`
+    is False). TensorRT's sparse GEMM/convolution kernels carry "sparse" in their tactic names. A "Myelin"
+    layer is a fused region whose inner kernels the inspector does not list, so it is reported apart.
+    """
+    layers = json.loads(engine_information).get("Layers", [])
+    detailed = bool(layers) and all(isinstance(layer, dict) and "TacticName" in layer for layer in layers)
+    rows = [layer for layer in layers if isinstance(layer, dict)]
+
+    def is_gemm(layer: dict) -> bool:
+        text = f"{layer.get('LayerType', '')} {layer.get('TacticName', '')}".lower()
+        return any(word in text for word in ("gemm", "matrixmultiply", "matmul", "convolution", "conv"))
+
+    return {"layers": len(layers), "detailed": detailed,
+            "sparse_layers": [r.get("Name", "?") for r in rows if "sparse" in str(r.get("TacticName", "")).lower()],
+            "dense_gemm_layers": [r.get("Name", "?") for r in rows if is_gemm(r)
+                                  and "sparse" not in str(r.get("TacticName", "")).lower()],
+            "myelin_layers": [r.get("Name", "?") for r in rows if "myelin" in str(r.get("LayerType", "")).lower()]}
+
+
+def tensorrt_major() -> int:
+    import tensorrt
+
+    return int(tensorrt.__version__.split(".")[0])
+
+
 def tensorrt_status() -> str | None:
     """None when TensorRT and a CUDA GPU are usable here, else the reason they are not."""
     try:
@@ -94,9 +157,13 @@ def tensorrt_status() -> str | None:
     return None
 
 
-def build_engine(onnx_path: Path, engine_path: Path, flags: list[str], shapes: dict, workspace_gb: float,
+def build_engine(onnx_path: Path, engine_path: Path, plan: BuildPlan, shapes: dict, workspace_gb: float,
                  timing_cache: Path | None) -> dict[str, Any]:  # pragma: no cover - needs a GPU
-    """Parse the ONNX, build and serialize the engine; returns the sparsity report and the build log."""
+    """Parse the ONNX, build and serialize the engine, then read back which layers got sparse tactics.
+
+    Returns {"sparsity": build-log lines, "tactics": `sparse_tactics` of the engine, "engine_information":
+    the inspector JSON, "log": every builder log line}.
+    """
     import tensorrt as trt
 
     class _Logger(trt.ILogger):
@@ -109,15 +176,17 @@ def build_engine(onnx_path: Path, engine_path: Path, flags: list[str], shapes: d
 
     logger = _Logger()
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    # Explicit batch is TensorRT 10's only mode; STRONGLY_TYPED makes every tensor keep the graph's type.
+    network_flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
+    network = builder.create_network(network_flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError("TensorRT could not parse the ONNX: " + "; ".join(errors))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    for flag in flags:
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the inspector then names each tactic
+    for flag in plan.flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     profile = builder.create_optimization_profile()
     for name, (low, opt, high) in shapes.items():
@@ -132,4 +201,7 @@ def build_engine(onnx_path: Path, engine_path: Path, flags: list[str], shapes: d
     engine_path.write_bytes(bytes(serialized))
     if timing_cache:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    return {"sparsity": parse_sparsity_log(logger.lines), "log_lines": len(logger.lines), "log": logger.lines}
+    engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(serialized))
+    information = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    return {"sparsity": parse_sparsity_log(logger.lines), "tactics": sparse_tactics(information),
+            "engine_information": information, "log": logger.lines}

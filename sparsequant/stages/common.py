@@ -80,7 +80,10 @@ def _copy_into(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)  # names like "adapter/adapter_model.safetensors"
     # A copy, never a hard link: sources live in the stage's work dir, which a later run writes again
     # (metrics.jsonl is appended to, safetensors and reports are rewritten in place), and a shared inode
-    # would change a finished artifact under its checksums.
+    # would change a finished artifact under its checksums. The target may already be a hard link to the
+    # parent's file of that name (reuse_parent_files, e.g. a second export's onnx_report.json): unlink it
+    # first, so the copy writes a new inode instead of writing through into the parent artifact.
+    target.unlink(missing_ok=True)
     shutil.copy2(source, target)
 
 

@@ -22,8 +22,12 @@ SPARSE_KERNEL_NOTE = ("TensorRT uses 2:4 sparse kernels for fp16/bf16 and for in
 
 
 class ExportOnnxConfig(StageConfig):
-    # auto: the gptq grid (int4/int8 weight-only) if quantized, else float32; w8a8: int8 weights and
-    # activations with Q/DQ around every target GEMM (TensorRT's sparse int8 path), from a float model
+    # Who runs the graph. tensorrt: only what TensorRT's ONNX parser accepts (10.x and 11.x) — float models
+    # export as fp16 (11.x builds the graph's own types), gptq grids as signed INT4/INT8 codes with zero
+    # point 0 (needs gptq symmetric: true) — and the stage fails when the static check finds a problem.
+    target: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    # auto: the gptq grid (int4/int8 weight-only) if quantized, else float32 (float16 for target tensorrt);
+    # w8a8: int8 weights and activations with Q/DQ around every target GEMM (TensorRT's sparse int8 path)
     weights: Literal["auto", "float32", "float16", "int8", "int4", "w8a8"] = "auto"
     # max |Δlogits| vs PyTorch (prefill and decode), for the exact graph and for ORT's fused kernels with
     # fp32 activations; ORT's default int4 kernels (int8 activations) are measured and reported, not enforced
@@ -56,8 +60,10 @@ class ExportOnnxStage:
     def _weights_mode(self, artifact) -> str:
         q = artifact.manifest.quantization
         mode = self.config.weights
+        if mode == "auto" and q is None:
+            return "float16" if self.config.target == "tensorrt" else "float32"
         if mode == "auto":
-            return "float32" if q is None else ("int4" if q["bits"] <= 4 else "int8")
+            mode = "int4" if q["bits"] <= 4 else "int8"
         if mode in ("float16", "w8a8") and q is not None:
             raise StageError(self.name, f"weights: {mode} is for unquantized models; a gptq artifact exports as "
                              "int4/int8 weight-only (weights: auto)")
@@ -68,6 +74,12 @@ class ExportOnnxStage:
                 raise StageError(self.name, f"weights: {mode} does not match the {q['bits']}-bit grid; use weights: auto")
         if mode in ("int4", "int8") and artifact.adapter_dir is not None:
             raise StageError(self.name, "an unmerged adapter moves weights off the grid; use lora merge: requantize")
+        if self.config.target == "tensorrt" and mode in ("int4", "int8"):
+            from sparsequant.export.trt_check import quantized_export_problem
+
+            problem = quantized_export_problem(q)
+            if problem:
+                raise StageError(self.name, problem)
         return mode
 
     def run(self, artifact, ctx: StageContext):
@@ -105,7 +117,13 @@ class ExportOnnxStage:
         for warning in warnings:
             ctx.log.warning(warning)
         files = {f"{EXPORT_DIR}/{f.name}": f for f in sorted(out.iterdir())}
-        summary = {k: v for k, v in report.items() if k not in ("greedy",)}
+        summary = {k: v for k, v in report.items() if k not in ("greedy", "tensorrt")}
+        summary["tensorrt"] = {major: {k: v for k, v in check.items() if k != "per_gemm"}
+                               for major, check in report["tensorrt"].items()}  # per GEMM: onnx_report.json
+        for major, check in summary["tensorrt"].items():
+            ctx.log.info("TensorRT %s: parser %s, %d of %d GEMMs sparse-eligible", check["tensorrt"],
+                         "accepts the graph" if check["parser_ok"] else f"rejects it ({check['problem_count']} "
+                         f"problems, e.g. {check['problems'][0]})", check["sparse_eligible"], check["gemms"])
         return write_model_artifact(self.name, cfg, ctx, started, artifact, model, tokenizer, reuse_parent_files=True,
                                     extra_files=files, metrics={"export_onnx": summary}, warnings=warnings)
 
@@ -134,7 +152,8 @@ class ExportOnnxStage:
         matched = match_layers(graph, weights)
         dequantized = {}
         if mode in ("int4", "int8"):
-            dequantized = quantize_graph(graph, matched, weights, grids, spec, group_size)
+            dequantized = quantize_graph(graph, matched, weights, grids, spec, group_size,
+                                         signed=self.config.target == "tensorrt")
             save_graph(graph, path)
             graph = load_graph(path)
         elif mode == "float16":
@@ -145,7 +164,8 @@ class ExportOnnxStage:
             graph = load_graph(path)
         elif mode == "w8a8":
             graph, reference, dequantized = self._w8a8(graph, matched, tokenizer, path, ctx)
-        out: dict[str, Any] = {"matmul_weights_matched": len(matched), "quantized_matmuls": len(dequantized)}
+        out: dict[str, Any] = {"matmul_weights_matched": len(matched), "quantized_matmuls": len(dequantized),
+                               "target": self.config.target}
         info = artifact.manifest.sparsity
         if info is not None:
             sparse = {n: matched[n] for n in info.targets if n in matched}
@@ -153,6 +173,11 @@ class ExportOnnxStage:
             out["nm"] = {"pattern": nm.pattern, "layers_expected": nm.layers_expected, "layers_found": nm.layers_found,
                          "violating_layers": sorted(k for k, v in nm.violations.items() if v),
                          "zero_fraction": nm.zero_fraction, "ok": nm.ok}
+        from sparsequant.export.trt_check import check_graph_all
+
+        # Every export says whether TensorRT would take it, and which GEMMs could run sparse there.
+        out["tensorrt"] = check_graph_all(graph, {init: layer for layer, init in matched.items()},
+                                          info.pattern if info else "2:4")
         return out, (reference if mode == "w8a8" else lambda _model: contextlib.nullcontext())
 
     def _w8a8(self, graph, matched, tokenizer, path, ctx: StageContext):
@@ -202,6 +227,10 @@ class ExportOnnxStage:
             problems.append("greedy tokens from ONNX Runtime differ from model.generate")
         if "nm" in report and not report["nm"]["ok"]:
             problems.append(f"the graph's weights are not {report['nm']['pattern']}: {report['nm']}")
+        if self.config.target == "tensorrt":
+            from sparsequant.export.trt_check import parser_problems
+
+            problems += parser_problems(report["tensorrt"])
         if problems:
             raise StageError(self.name, "; ".join(problems) + ". The report is in the stage's work directory "
                              "(exports/onnx_report.json); raise `tolerance` only if the difference is expected")
