@@ -31,6 +31,14 @@ def test_auto_is_bf16_exactly_when_the_cpu_has_bf16_instructions(cpu_flags):
     assert key.endswith("/bf16") == bool(cpu_flags)
 
 
+def test_avx512_bf16_without_amx_is_not_native(monkeypatch):
+    # That CPU ran bf16 matmuls at 0.60x fp32 (benchmarks §9), so auto must stay fp32 there.
+    monkeypatch.setattr(precision, "_cpuinfo_field", lambda key: "fpu avx512f avx512_bf16 avx512_fp16")
+    assert precision.cpu_bf16_flags() == () and precision.resolved_name("auto", "cpu") == "float32"
+    monkeypatch.setattr(precision, "_cpuinfo_field", lambda key: "fpu avx512_bf16 amx_bf16 amx_tile")
+    assert precision.cpu_bf16_flags() == ("amx_bf16",) and precision.resolved_name("auto", "cpu") == "bfloat16"
+
+
 def test_defaults_are_auto_and_resolve_in_the_record():
     cfg = CastConfig()
     assert cfg.autocast == "auto" and cfg.distill.teacher_dtype == "auto" and EvaluateConfig().dtype == "auto"
@@ -42,11 +50,11 @@ def test_defaults_are_auto_and_resolve_in_the_record():
 def test_identity_follows_what_auto_resolves_to(monkeypatch):
     cfg, explicit = EvaluateConfig(text="builtin"), EvaluateConfig(text="builtin", dtype="float32")
     shas = {}
-    for flags in ((), ("avx512_bf16",)):
+    for flags in ((), ("amx_bf16",)):
         monkeypatch.setattr(precision, "cpu_bf16_flags", lambda flags=flags: flags)
         shas[flags] = (config_sha256("evaluate", cfg, None, "cpu"), config_sha256("evaluate", explicit, None, "cpu"))
-    assert shas[()][0] != shas[("avx512_bf16",)][0]  # auto: fp32 on one CPU, bf16 on the other
-    assert shas[()][1] == shas[("avx512_bf16",)][1]  # explicit float32 is the same run everywhere
+    assert shas[()][0] != shas[("amx_bf16",)][0]  # auto: fp32 on one CPU, bf16 on the other
+    assert shas[()][1] == shas[("amx_bf16",)][1]  # explicit float32 is the same run everywhere
     assert shas[()][0] == shas[()][1]  # auto that resolves to fp32 is the same run as float32
 
 
