@@ -105,7 +105,7 @@ def _warn_emulated_bf16(device: str, what: str) -> None:
 def describe(device: str) -> str:
     """One line for logs: the device, the CPU model, and what `auto` resolves to."""
     where = device if device.startswith("cuda") else f"cpu ({cpu_model()})"
-    flags = ", ".join(cpu_bf16_flags()) or "no bf16 instructions"
+    flags = ", ".join(cpu_bf16_flags()) or "no AMX-BF16"
     return f"{where}: auto precision = {resolved_name('auto', device)} ({flags if device == 'cpu' else 'cuda'})"
 
 

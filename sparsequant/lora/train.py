@@ -87,12 +87,11 @@ def load_teacher(cfg, ctx):
     """The frozen distillation teacher (an artifact or transformers directory), or None when η = 0."""
     if cfg.distill.eta == 0:
         return None
-    from transformers import AutoModelForCausalLM
+    from sparsequant.training.teacher import load_frozen_model
 
-    teacher = AutoModelForCausalLM.from_pretrained(resolve_path(cfg.distill.teacher, ctx.base_dir),
-                                                   dtype=resolve_precision(cfg.distill.teacher_dtype, ctx.device,
-                                                                           "lora.distill.teacher_dtype")).to(ctx.device)
-    return teacher.eval().requires_grad_(False)
+    dtype = resolve_precision(cfg.distill.teacher_dtype, ctx.device, "lora.distill.teacher_dtype")
+    return load_frozen_model(resolve_path(cfg.distill.teacher, ctx.base_dir), ctx.device, dtype,
+                             ctx.trust_remote_code)[0]
 
 
 def _shard(module: nn.Module, ctx) -> None:

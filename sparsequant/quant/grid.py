@@ -4,6 +4,9 @@ Both symmetric and asymmetric grids use this unsigned-code form (as GPTQ and gpt
 symmetric means zero = 2^(bits−1) and a scale set by max|w|; asymmetric means an integer zero point
 and a scale set by max − min. The fitted range always contains 0 and the zero point is an integer,
 so 0.0 is exactly on every grid: pruned weights stay exactly zero after quantization.
+A symmetric grid is also a signed one: code − 2^(bits−1) ∈ [−2^(bits−1), 2^(bits−1) − 1] with zero point
+0, the only form TensorRT's DequantizeLinear accepts (export_onnx target: tensorrt); an asymmetric grid
+has no such form, and that export refuses it, saying to use symmetric: true.
 
 Shapes: a grid is fitted to (O, k) weights (O rows, k columns of one group) and gives (O,) scales
 and (O,) zero points; a layer with G groups stores (O, G) of each.

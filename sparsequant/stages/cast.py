@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from sparsequant.data.sources import DataConfig
+from sparsequant.oneshot.calibration import CalibrationConfig
 from sparsequant.precision import Precision
 from sparsequant.schema import StrictModel
 from sparsequant.sparsity.spec import SparsitySpec
@@ -19,11 +20,26 @@ class DistillSpec(StrictModel):
     eta: float = Field(1 / 3, ge=0, le=1)  # KL weight; CAST's LLaMA value (cast-notes §1.6)
     temperature: float = Field(1.0, gt=0)  # Eq. 13 has none, so T = 1
     teacher_dtype: Precision = "auto"  # bf16 only where native (sparsequant.precision)
+    # auto: the input when it is dense, else its nearest dense ancestor (training/teacher.py); or a path to
+    # a dense artifact / transformers directory with the same tokenizer (relative to the pipeline file)
+    teacher: str = Field("auto", min_length=1)
+
+    def named_inputs(self, base_dir) -> dict[str, dict]:
+        from sparsequant.identity import model_dir_input
+
+        # auto needs no digest: the input's manifest pins its parent chain by sha256
+        return {} if self.teacher == "auto" else {"teacher": model_dir_input(self.teacher, base_dir,
+                                                                            "cast distill.teacher")}
 
 
 class CastConfig(StageConfig):
     method: Literal["cast", "masked_kd", "sr_ste"] = "cast"
     sparsity: SparsitySpec = SparsitySpec()
+    # The starting mask and weights. input: the input's own N:M support and values when it is N:M (the
+    # output of `prune`), else magnitude; magnitude | wanda | sparsegpt: prune the input first, in this
+    # stage (wanda and sparsegpt read `calibration`), so one stage does one-shot start + training.
+    init: Literal["input", "magnitude", "wanda", "sparsegpt"] = "input"
+    calibration: CalibrationConfig = CalibrationConfig()  # init: wanda | sparsegpt only
     data: DataConfig = DataConfig()
     steps: int = Field(100, ge=1)
     batch_size: int = Field(4, ge=1)
@@ -74,8 +90,10 @@ class CastStage:
     Example YAML:  - stage: cast
                      config: {method: cast, steps: 500, lr: 1.0e-4, lam: 1.0e-3,
                               sparsity: {pattern: "2:4"}, data: {source: builtin, block_size: 256}}
-    Reads: the dense model (it is also the frozen teacher).  Writes: the N:M model, `sparsity`
-    (verified), metrics.train; metrics.jsonl and checkpoints in the stage's work directory.
+    Reads: the model — dense, or N:M from `prune` (training then starts from its mask and compensated
+    weights) — and the frozen dense teacher (`distill.teacher: auto`: the input if dense, else its
+    nearest dense ancestor).  Writes: the N:M model, `sparsity` (verified), metrics.train, lineage
+    `init`/`teacher`; metrics.jsonl and checkpoints in the stage's work directory.
     """
 
     name: ClassVar[str] = "cast"
@@ -94,7 +112,9 @@ class CastStage:
         started = time.time()
         model, tokenizer = artifact.load_model(ctx.device, trust_remote_code=ctx.trust_remote_code)
         targets = select_targets(self.name, model, self.config.sparsity)
+        start = self._initialize(model, tokenizer, targets, artifact, ctx)
         report = train_sparse(model, tokenizer, artifact, targets, self.config, ctx)
+        report.metrics["init"] = start
         if report.model is None:  # a distributed run's other ranks: rank 0 writes the artifact
             from sparsequant.artifact import Artifact
 
@@ -104,8 +124,28 @@ class CastStage:
         targets = select_targets(self.name, model, self.config.sparsity)
         sparsity = verified_sparsity(self.name, targets, self.config.sparsity)
         try:
-            return write_model_artifact(self.name, self.config, ctx, started, artifact, model, tokenizer,
+            lineage = {"init": start["method"], "teacher": report.metrics.get("teacher")}
+            return write_model_artifact(self.name, self.config, ctx, started, artifact, model, tokenizer, lineage,
                                         sparsity=sparsity, metrics={"train": report.metrics},
                                         warnings=report.warnings, extra_files=report.extra_files)
         finally:
             ctx.dist.barrier()
+
+    def _initialize(self, model, tokenizer, targets, artifact, ctx: StageContext) -> dict:
+        """Prune the student first when `init` names a method; describe where training starts."""
+        cfg = self.config
+        info = artifact.manifest.sparsity
+        if cfg.init == "input":
+            from_input = info is not None and info.pattern == cfg.sparsity.pattern
+            method = f"input ({artifact.manifest.stage.name})" if from_input else "magnitude"
+            shared = len(set(info.targets) & set(targets)) if from_input else 0
+            ctx.log.info("cast: training starts from %s", f"the input's {info.pattern} support on {shared} of "
+                         f"{len(targets)} targets" if from_input else "the dense input (magnitude mask)")
+            return {"method": method, "input_sparse_targets": shared}
+        from sparsequant.stages.prune import SparseGPTSettings, prune_model_
+
+        ctx.log.info("cast: pruning the input with %s before training (init)", cfg.init)
+        metrics = prune_model_(model, tokenizer, targets, cfg.init, cfg.sparsity.nm, cfg.calibration,
+                               SparseGPTSettings(), ctx, self.name)
+        return metrics
+

@@ -81,6 +81,10 @@ class ImportStage:
         loaded = Artifact.load(path)  # checksums verified, file names confined to it
         source = loaded.manifest
         lineage["source_lineage"] = [entry.get("stage") for entry in source.lineage]
+        # where the source artifact is, pinned by its manifest: a later `cast` follows this link back to the
+        # dense model it was pruned from (its teacher), across pipelines
+        lineage["source_artifact"] = str(path.resolve())
+        lineage["source_manifest_sha256"] = loaded.manifest_sha256
         sections = {"sparsity": source.sparsity, "quantization": source.quantization}
         extra = {}
         if source.quantization is not None:

@@ -74,29 +74,34 @@ class PruneStage:
         model, tokenizer = artifact.load_model(ctx.device, trust_remote_code=ctx.trust_remote_code)
         spec, cfg = self.config.sparsity, self.config
         targets = select_targets(self.name, model, spec)
-        metrics: dict[str, Any] = {"method": cfg.method}
-        if cfg.method == "magnitude":
-            for module in tqdm(targets.values(), desc=f"prune {spec.pattern}", unit="layer", disable=not ctx.progress):
-                weight = weight_data_oi(module)  # (out, in), a view: N:M groups along the input
-                apply_mask_(weight, nm_mask(weight.abs(), spec.nm))
-        else:
-            metrics |= self._calibrated(model, tokenizer, targets, ctx)
+        metrics = prune_model_(model, tokenizer, targets, cfg.method, spec.nm, cfg.calibration, cfg.sparsegpt, ctx,
+                               self.name)
         sparsity = verified_sparsity(self.name, targets, spec)
         metrics |= {"seconds": round(time.time() - started, 2), "peak_rss_mb": peak_rss_mb()}
         return write_model_artifact(self.name, cfg, ctx, started, artifact, model, tokenizer,
                                     sparsity=sparsity, metrics={"prune": metrics})
 
-    def _calibrated(self, model, tokenizer, targets, ctx: StageContext) -> dict[str, Any]:
-        from sparsequant.oneshot.calibration import calibration_tokens
-        from sparsequant.oneshot.layerwise import run_layerwise
 
-        cfg = self.config
-        tokens = calibration_tokens(cfg.calibration, tokenizer, ctx.base_dir, ctx.seed)
-        process = _layer_processor(cfg.method, cfg.sparsity.nm, cfg.sparsegpt)
-        per_layer = run_layerwise(model, tokens, targets, process, stage=self.name,
-                                  full_hessian=cfg.method == "sparsegpt", batch_size=cfg.calibration.batch_size,
-                                  progress=ctx.progress)
-        out: dict[str, Any] = {"calibration": cfg.calibration.describe()}
-        if per_layer:
-            out["obs_loss_total"] = round(sum(m["obs_loss"] for m in per_layer.values()), 4)
-        return out
+def prune_model_(model, tokenizer, targets, method: str, pattern: NMPattern, calibration: CalibrationConfig,
+                 sparsegpt: SparseGPTSettings, ctx: StageContext, stage: str) -> dict[str, Any]:
+    """Prune `targets` of `model` to exact N:M in place with `method`; returns the metrics.
+
+    Shared by the `prune` stage and `cast`'s `init:` (a calibrated start for training).
+    """
+    metrics: dict[str, Any] = {"method": method}
+    if method == "magnitude":
+        for module in tqdm(targets.values(), desc=f"prune {pattern}", unit="layer", disable=not ctx.progress):
+            weight = weight_data_oi(module)  # (out, in), a view: N:M groups along the input
+            apply_mask_(weight, nm_mask(weight.abs(), pattern))
+        return metrics
+    from sparsequant.oneshot.calibration import calibration_tokens
+    from sparsequant.oneshot.layerwise import run_layerwise
+
+    tokens = calibration_tokens(calibration, tokenizer, ctx.base_dir, ctx.seed)
+    process = _layer_processor(method, pattern, sparsegpt)
+    per_layer = run_layerwise(model, tokens, targets, process, stage=stage, full_hessian=method == "sparsegpt",
+                              batch_size=calibration.batch_size, progress=ctx.progress)
+    metrics["calibration"] = calibration.describe()
+    if per_layer:
+        metrics["obs_loss_total"] = round(sum(m["obs_loss"] for m in per_layer.values()), 4)
+    return metrics

@@ -95,6 +95,24 @@ def _finish_distributed(task: CastTask, artifact, targets, cfg, ctx):
     return model.eval()
 
 
+def _dense_teacher(artifact, tokenizer, cfg, ctx):
+    """(frozen dense teacher, its path relative to the output's folder, for the record)."""
+    import os
+
+    from sparsequant.training.teacher import check_same_tokenizer, load_frozen_model, teacher_path
+
+    path = teacher_path(artifact, cfg.distill.teacher, ctx.base_dir, "cast")
+    dtype = resolve_precision(cfg.distill.teacher_dtype, ctx.device, "cast.distill.teacher_dtype")
+    if path == artifact.path:  # a dense input teaches itself (CAST's own setting): load it again, frozen
+        teacher, teacher_tokenizer = artifact.load_model(ctx.device, dtype=dtype, with_adapter=False)
+        teacher.requires_grad_(False)
+    else:
+        teacher, teacher_tokenizer = load_frozen_model(path, ctx.device, dtype, ctx.trust_remote_code)
+    check_same_tokenizer(tokenizer, teacher_tokenizer, path, "cast")
+    ctx.log.info("cast: teacher %s", path)
+    return teacher, os.path.relpath(path, ctx.out_dir.parent)
+
+
 def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
     dist = ctx.dist
     _check_distributed(cfg, dist, targets)
@@ -111,10 +129,9 @@ def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
 
         def shard(module):
             shard_model(module, dist.world_size, ctx.device)
+    teacher_at = None
     if cfg.distill.eta > 0:
-        teacher_dtype = resolve_precision(cfg.distill.teacher_dtype, ctx.device, "cast.distill.teacher_dtype")
-        teacher, _ = artifact.load_model(ctx.device, dtype=teacher_dtype)
-        teacher.requires_grad_(False)
+        teacher, teacher_at = _dense_teacher(artifact, tokenizer, cfg, ctx)
         if shard is not None:  # sharded too: a 7B teacher would not fit next to the student otherwise
             shard(teacher)
     if cfg.gradient_checkpointing:
@@ -123,7 +140,8 @@ def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
     ctx.log.info("cast: %s, teacher %s", "bf16 autocast" if autocast else "fp32 compute",
                  resolved_name(cfg.distill.teacher_dtype, ctx.device) if teacher is not None else "none")
     objective = KDObjective(teacher, cfg.distill.eta, cfg.distill.temperature, autocast)
-    report = TrainReport(metrics={"method": cfg.method, "train_blocks": int(blocks.shape[0]), "frozen": frozen})
+    report = TrainReport(metrics={"method": cfg.method, "train_blocks": int(blocks.shape[0]), "frozen": frozen,
+                                  "teacher": teacher_at})
     if cfg.method == "cast":
         q90 = masked_q90(targets, pattern)
         travel, warning = budget_warning(cfg, q90)
