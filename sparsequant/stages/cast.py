@@ -137,7 +137,7 @@ class CastStage:
         info = artifact.manifest.sparsity
         if cfg.init == "input":
             from_input = info is not None and info.pattern == cfg.sparsity.pattern
-            method = f"input ({artifact.manifest.stage.name})" if from_input else "magnitude"
+            method = f"input ({_weights_made_by(artifact.manifest)})" if from_input else "magnitude"
             shared = len(set(info.targets) & set(targets)) if from_input else 0
             ctx.log.info("cast: training starts from %s", f"the input's {info.pattern} support on {shared} of "
                          f"{len(targets)} targets" if from_input else "the dense input (magnitude mask)")
@@ -149,3 +149,11 @@ class CastStage:
                                SparseGPTSettings(), ctx, self.name)
         return metrics
 
+
+
+def _weights_made_by(manifest) -> str:
+    """The last stage in the lineage that changed the weights ("prune"), skipping evaluate and exports."""
+    from sparsequant.report.collect import PASSTHROUGH_STAGES
+
+    return next((e.get("stage", "?") for e in reversed(manifest.lineage) if e.get("stage") not in PASSTHROUGH_STAGES),
+                manifest.stage.name)
