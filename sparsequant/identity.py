@@ -3,7 +3,9 @@
 identity = sha256 of {stage name, config (precisions resolved on the device), the parent manifest's
 sha256, the seed (stages that draw random numbers), trust_remote_code, and the `inputs`}. The inputs
 are the contents of every file or corpus the config names, found by walking the config: any config
-block with a `named_inputs(base_dir)` method reports its own ({field: record}). A record holds the
+block with a `named_inputs(base_dir)` method reports its own ({field: record}), and a block's
+`inactive_blocks()` names sub-blocks its settings leave unread (cast's `calibration` unless `init`
+is calibrated), so a file nothing reads does not change the identity. A record holds the
 content's sha256 and what kind of input it is, never its absolute path, so moving a run directory
 (or the pipeline folder) keeps its results reusable while editing one byte of a file does not.
 """
@@ -29,7 +31,11 @@ def config_inputs(config: BaseModel, base_dir: Path, prefix: str = "") -> dict[s
     own = getattr(config, "named_inputs", None)
     if callable(own):
         found |= {prefix + key: record for key, record in own(base_dir).items()}
+    inactive = getattr(config, "inactive_blocks", None)
+    skipped = inactive() if callable(inactive) else set()
     for name in type(config).model_fields:
+        if name in skipped:
+            continue
         value = getattr(config, name)
         if isinstance(value, BaseModel):
             found |= config_inputs(value, base_dir, f"{prefix}{name}.")

@@ -72,6 +72,10 @@ class CastConfig(StageConfig):
     eval_blocks: int = Field(8, ge=1)
     checkpoint_interval: int | None = Field(50, ge=1)
 
+    def inactive_blocks(self) -> set[str]:
+        """Blocks this config does not read (left out of the identity, sparsequant.identity)."""
+        return set() if self.init in ("wanda", "sparsegpt") else {"calibration"}
+
     @property
     def effective_mask_interval(self) -> int:
         return self.mask_interval or (1 if self.method == "sr_ste" else 10)

@@ -37,6 +37,10 @@ class ExportOnnxConfig(StageConfig):
     require_greedy_match: bool = True
     calibration: CalibrationConfig = CalibrationConfig(data=DataConfig(block_size=128), num_samples=16)  # w8a8 only
 
+    def inactive_blocks(self) -> set[str]:
+        """Blocks this config does not read (left out of the identity, sparsequant.identity)."""
+        return set() if self.weights == "w8a8" else {"calibration"}
+
 
 class ExportOnnxStage:
     """Export the model to `exports/model.onnx` (+ `.data`), verify it in ONNX Runtime, report N:M.

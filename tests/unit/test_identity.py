@@ -83,7 +83,10 @@ def test_identity_changes_with_trust_remote_code_and_every_named_file(tmp_path, 
 
     cfg = CastConfig(data={"source": str(text_file)})
     inputs = config_inputs(cfg, tmp_path)
-    assert set(inputs) == {"data.source"}
+    assert set(inputs) == {"data.source"}  # calibration is read only with init: wanda | sparsegpt
+    calibrated = CastConfig(data={"source": str(text_file)}, init="sparsegpt",
+                            calibration={"data": {"source": str(text_file), "block_size": 32}})
+    assert set(config_inputs(calibrated, tmp_path)) == {"data.source", "calibration.data.source"}
     base = config_sha256("cast", cfg, "p", "cpu", 0, False, inputs)
     assert config_sha256("cast", cfg, "p", "cpu", 0, True, inputs) != base
     assert config_sha256("cast", cfg, "p", "cpu", 1, False, inputs) != base
