@@ -178,7 +178,8 @@ def _gemm_verdict(node, inits, producer, consumers, layer_of, pattern: str, majo
         return None  # an activation x activation product (attention): no constant weight to prune
     weight_type, zeros_kn = found
     keep_oi = torch.from_numpy(np.ascontiguousarray(~zeros_kn.T)).to(torch.float32)  # (N, K): groups run along K
-    nm_ok = keep_oi.shape[1] % parse_pattern(pattern).m == 0 and count_nm_violations(keep_oi, parse_pattern(pattern)) == 0
+    nm = parse_pattern(pattern)
+    nm_ok = keep_oi.shape[1] % nm.m == 0 and count_nm_violations(keep_oi, nm) == 0
     act_int8 = _is_int8_source(node.input[0], producer, inits)
     out_int8 = any(c.op_type == "QuantizeLinear" for c in consumers.get(node.output[0], []))
     eligible, why = _eligibility(weight_type, act_int8, out_int8, nm_ok, major, pattern)
