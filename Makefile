@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SQ := $(VENV)/bin/sparsequant
 EXTRAS ?= dev
 
-.PHONY: setup model quickstart smoke test test-slow
+.PHONY: setup model corpus quickstart smoke test test-slow
 setup: $(VENV)/.installed model
 
 $(VENV)/.installed: pyproject.toml
@@ -18,6 +18,12 @@ $(VENV)/.installed: pyproject.toml
 
 model: $(VENV)/.installed
 	$(SQ) fetch smollm2-135m
+
+# General-English training text (Jane Austen, Debian's r-cran-janeaustenr; no R, no root) for
+# pipelines/cast_smollm2.yaml and the CAST benchmarks: runs/corpora/austen_{train,heldout}.txt.
+corpus: $(VENV)/.installed
+	$(PY) -m pip install -q rdata==1.1.0
+	$(PY) benchmarks/austen_corpus.py --out-dir runs/corpora
 
 quickstart: setup
 	$(SQ) run pipelines/quickstart.yaml

@@ -12,7 +12,7 @@ from pathlib import Path
 from sparsequant.artifact import Artifact
 from sparsequant.sparsity.drift import kept_from_one_shot
 from sparsequant.sparsity.masks import parse_pattern
-from sparsequant.verify import read_target_weights
+from sparsequant.verify import iter_target_weights, read_target_weights
 
 
 def main() -> None:
@@ -25,7 +25,8 @@ def main() -> None:
         trained = Artifact.load(path, verify=False)
         sparsity = trained.manifest.sparsity
         dense = Artifact.load(path.parent / trained.manifest.parent.path, verify=False)  # the stage's input
-        kept = kept_from_one_shot(dense, read_target_weights(trained, sparsity.targets), parse_pattern(sparsity.pattern))
+        kept = kept_from_one_shot(iter_target_weights(dense, sparsity.targets), read_target_weights(trained, sparsity.targets),
+                                  parse_pattern(sparsity.pattern))
         mass = trained.manifest.metrics["train"].get("masked_mass_before_prune")
         print(f"| {path.parent.name} | {kept:.4f} | {mass if mass is None else f'{mass:.4f}'} |")
 

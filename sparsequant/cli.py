@@ -79,7 +79,7 @@ def cmd_stages(args) -> int:
     registry = Registry.default()
     width = max(len(n) for n in registry.names())
     for name in registry.names():
-        print(f"{name:<{width}}  {registry.summaries.get(name, '')}")
+        print(f"{name:<{width}}  {registry.summary(name)}")
     return 0
 
 
@@ -126,16 +126,18 @@ def cmd_inspect(args) -> int:
 
 def cmd_eval(args) -> int:
     from sparsequant.artifact import Artifact
-    from sparsequant.stages.evaluate import (EvaluateConfig, LatencyConfig, ZeroShotConfig, evaluate_metrics,
-                                             read_eval_text)
+    from sparsequant.config import options_config
+    from sparsequant.stages.evaluate import EvaluateConfig, evaluate_metrics, read_eval_text
 
     tasks = [t for t in (args.zeroshot or "").split(",") if t]
-    config = EvaluateConfig(
-        text=args.text, seq_len=args.seq_len, batch_size=args.batch_size, max_windows=args.max_windows,
-        dtype=args.dtype, size=args.size, backend=args.backend,
-        zeroshot=ZeroShotConfig(tasks=tasks, include_path=args.include_path, limit=args.limit) if tasks else None,
-        latency=LatencyConfig(prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens) if args.latency
-        else None)
+    options = {"text": args.text, "seq_len": args.seq_len, "batch_size": args.batch_size,
+               "max_windows": args.max_windows, "dtype": args.dtype, "size": args.size, "backend": args.backend,
+               "zeroshot": {"tasks": tasks, "include_path": args.include_path, "limit": args.limit} if tasks else None,
+               "latency": {"prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens}
+               if args.latency else None}
+    flags = {key: "--" + key.replace("_", "-") for key in options} | {
+        "zeroshot": "--zeroshot/--include-path/--limit", "latency": "--prompt-tokens/--decode-tokens"}
+    config = options_config(EvaluateConfig, options, "eval", flags)
     artifact = Artifact.load(args.artifact)
     text = read_eval_text(args.text, Path.cwd()) if args.text else None
     model, tokenizer = artifact.load_model(args.device)

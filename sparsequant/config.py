@@ -259,6 +259,22 @@ def inherit_targets(raw: dict[str, Any], targets: TargetsSpec, config_cls: type[
     return merged
 
 
+def options_config(model: type[BaseModel], data: dict[str, Any], command: str, flags: dict[str, str]) -> Any:
+    """Validate command-line options as the stage config `model`; a bad value is a ConfigError naming its
+    flag (`flags`: config field -> option, e.g. {"seq_len": "--seq-len"}), as a bad YAML key names its line."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = _pydantic_problems(exc, (), model, {})
+    rows = []
+    for problem in problems:
+        flag = flags.get(str(problem.loc[0]), str(problem.loc[0])) if problem.loc else "(options)"
+        inner = f" {format_loc(problem.loc[1:])}" if len(problem.loc) > 1 else ""
+        rows.append(f"  {flag}{inner}: {problem.message}")
+    raise ConfigError(f"sparsequant {command}: {len(problems)} bad option(s)\n" + "\n".join(rows)
+                      + f"\nFix the option(s) above; `sparsequant {command} --help` lists them.")
+
+
 def pipeline_error(path: Path, problems: list[Problem]) -> ConfigError:
     rows = [f"  line {p.line:<4} {format_loc(p.loc)}: {p.message}" if p.line else
             f"  {format_loc(p.loc)}: {p.message}" for p in problems]

@@ -41,7 +41,7 @@ BUILTIN_MODELS = {
 }
 
 
-# A 2-layer random Llama built in code (sparsequant.testing): smoke pipelines run anywhere, offline.
+# A 2-layer random Llama built in code (sparsequant.tiny): smoke pipelines run anywhere, offline.
 TINY_MODEL = "tiny-llama"
 
 
@@ -106,7 +106,7 @@ def load_source(kind: str, path: Path, dtype, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if kind == "tiny":
-        from sparsequant.testing import tiny_llama, tiny_tokenizer
+        from sparsequant.tiny import tiny_llama, tiny_tokenizer
 
         return tiny_llama().to(dtype), tiny_tokenizer()
     try:

@@ -24,7 +24,6 @@ from sparsequant.manifest import read_manifest
 from sparsequant.precision import describe
 from sparsequant.registry import Registry
 from sparsequant.stage import StageConfig, StageContext, config_sha256
-from sparsequant.stages.import_model import ImportConfig, ImportStage
 from sparsequant.verify import verify_artifact
 
 log = logging.getLogger("sparsequant")
@@ -127,8 +126,9 @@ def run_pipeline(loaded: LoadedPipeline, registry: Registry, output_dir: Path | 
         own = root / OWN_DIR  # our namespace: a user's files in output_dir (say their own pipeline.yaml) stay theirs
         own.mkdir(parents=True, exist_ok=True)
         atomic_write_text(own / "pipeline.yaml", yaml.safe_dump(loaded.spec.model_dump(mode="json"), sort_keys=False))
-    import_config = ImportConfig(source=loaded.spec.input)
-    artifact, outcome = _run_one(ImportStage, import_config, "00_import", None, root, loaded, force, progress, dist)
+    import_stage = registry.get("import")
+    import_config = import_stage.Config(source=loaded.spec.input)
+    artifact, outcome = _run_one(import_stage, import_config, "00_import", None, root, loaded, force, progress, dist)
     result = PipelineResult(artifact, [outcome])
     for i, (stage_spec, config) in enumerate(zip(loaded.spec.stages, loaded.stage_configs, strict=True), start=1):
         stage_id = f"{i:02d}_{stage_spec.id or stage_spec.stage}"
@@ -142,9 +142,10 @@ def run_pipeline(loaded: LoadedPipeline, registry: Registry, output_dir: Path | 
 def import_to(source: str, out: Path, dtype: str = "float32", force: bool = False, progress: bool = True) -> Artifact:
     """`sparsequant import`: one import stage writing to `out` (relative paths from the cwd)."""
     out = out.resolve()
-    config = ImportConfig(source=source, dtype=dtype)
+    import_stage = Registry.default().get("import")
+    config = import_stage.Config(source=source, dtype=dtype)
     inputs = config_inputs(config, Path.cwd())
-    sha = config_sha256(ImportStage.name, config, None, inputs=inputs)
+    sha = config_sha256(import_stage.name, config, None, inputs=inputs)
     ctx = StageContext(out_dir=out, work_dir=StageContext.work_dir_for(out), base_dir=Path.cwd(),
                        stage_id="import", config_sha256=sha, force=force, progress=progress, log=log, inputs=inputs)
-    return ImportStage(config).run(None, ctx)
+    return import_stage(config).run(None, ctx)

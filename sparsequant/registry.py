@@ -1,6 +1,8 @@
 """Stage registry: built-in stages plus the `sparsequant.stages` entry-point group.
 
-Built-ins are import strings, so listing stages imports no stage module (and nothing heavy).
+Built-ins are import strings, so validating a pipeline imports only the stages it names. A stage's
+one-line `summary` lives on its class alone: `Registry.summary` reads it from the module's source
+(a string literal, found with `ast`) so `sparsequant stages` stays lean, and loads the class otherwise.
 A Registry is a plain object, not module state: tests and notebooks make their own and
 `register()` classes on it; duplicate names are errors.
 """
@@ -11,6 +13,7 @@ import difflib
 import importlib
 import importlib.metadata
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sparsequant.errors import ConfigError, RegistryError
 from sparsequant.stage import check_stage_class
@@ -25,16 +28,6 @@ BUILTIN_STAGES: dict[str, str] = {
     "lora": "sparsequant.stages.lora:LoraStage",
     "export_onnx": "sparsequant.stages.export_onnx:ExportOnnxStage",
     "export_trt": "sparsequant.stages.export_trt:ExportTrtStage",
-}
-BUILTIN_SUMMARIES: dict[str, str] = {
-    "import": "load a transformers directory, a .gguf file or a built-in model into an artifact",
-    "prune": "one-shot N:M pruning (magnitude, wanda, sparsegpt) of the selected Linear layers",
-    "evaluate": "perplexity, zero-shot accuracy, size and latency into the manifest",
-    "cast": "CAST sparsity-aware N:M training (AdamS, moving masks, scales, KD); or masked_kd, sr_ste",
-    "gptq": "GPTQ 2/3/4/8-bit quantization that keeps the N:M mask exact",
-    "lora": "masked LoRA fine-tuning; the merge keeps N:M and re-quantizes onto the grid",
-    "export_onnx": "ONNX decoder with KV cache (fp32, or int4/int8 DequantizeLinear weights), checked in ORT",
-    "export_trt": "TensorRT engine with 2:4 sparse weights from the ONNX export (needs an NVIDIA GPU)",
 }
 
 
@@ -52,12 +45,11 @@ class Registry:
 
     targets: dict[str, str] = field(default_factory=dict)
     classes: dict[str, type] = field(default_factory=dict)
-    summaries: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def default(cls) -> Registry:
         """Built-ins plus every installed plugin's entry points; a clash is an error."""
-        registry = cls(dict(BUILTIN_STAGES), {}, dict(BUILTIN_SUMMARIES))
+        registry = cls(dict(BUILTIN_STAGES), {})
         for ep in importlib.metadata.entry_points(group=GROUP):
             known = registry.targets.get(ep.name)
             if known is not None and known != ep.value:
@@ -67,7 +59,6 @@ class Registry:
                     "uninstall one of them or rename the plugin's stage"
                 )
             registry.targets[ep.name] = ep.value
-            registry.summaries.setdefault(ep.name, f"plugin stage from {ep.value}")
         return registry
 
     def register(self, stage_cls: type) -> type:
@@ -78,11 +69,22 @@ class Registry:
         if name in self.targets or name in self.classes:
             raise RegistryError(f"a stage named {name!r} is already registered")
         self.classes[name] = check_stage_class(stage_cls, name)
-        self.summaries[name] = getattr(stage_cls, "summary", "")
         return stage_cls
 
     def names(self) -> list[str]:
         return sorted({*self.targets, *self.classes})
+
+    def summary(self, name: str) -> str:
+        """The stage class's one-line `summary`, or why it could not be read."""
+        if name in self.classes:
+            return getattr(self.classes[name], "summary", "")
+        literal = summary_literal(self.targets[name])
+        if literal is not None:
+            return literal
+        try:
+            return getattr(self.get(name), "summary", "")
+        except RegistryError as exc:
+            return f"(cannot load: {exc})"
 
     def get(self, name: str) -> type:
         """The Stage class for `name`; ConfigError with a did-you-mean hint when unknown."""
@@ -91,6 +93,28 @@ class Registry:
         if name not in self.targets:
             raise ConfigError(unknown_stage_message(name, self.names()))
         return check_stage_class(load_object(self.targets[name]), name)
+
+
+def summary_literal(target: str) -> str | None:
+    """`summary = "..."` of the class `target` ("module:Class") read from its source without importing
+    it (importing a stage module imports torch); None when it is not a plain string literal there."""
+    import ast
+    import importlib.util
+
+    module_name, _, class_name = target.partition(":")
+    try:
+        spec = importlib.util.find_spec(module_name)
+        source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else None
+    except (ImportError, OSError, ValueError):
+        return None
+    for node in ast.parse(source or "").body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            for item in node.body:
+                target_name = getattr(getattr(item, "target", None), "id", None)
+                value = getattr(item, "value", None)
+                if target_name == "summary" and isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    return value.value
+    return None
 
 
 def unknown_stage_message(name: str, available: list[str]) -> str:

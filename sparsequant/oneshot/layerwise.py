@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sparsequant.errors import StageError
 from sparsequant.sparsity.targets import decoder_layer_stack, in_features
 
 
@@ -65,24 +64,27 @@ class InputStatistics:
         return diagonal.sqrt()
 
 
-def decoder_layers(model: nn.Module, stage: str) -> tuple[str, nn.ModuleList]:
-    """(module name, layers) of the model's decoder layer stack; StageError when there is none."""
+class LayerwiseError(ValueError):
+    """The model does not fit layer-by-layer calibration; the stage that called says so in its words."""
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(module name, layers) of the model's decoder layer stack; LayerwiseError when there is none."""
     found = decoder_layer_stack(model)
     if found is None:
-        raise StageError(stage, f"{type(model).__name__} has no decoder layer list sparsequant can find "
+        raise LayerwiseError(f"{type(model).__name__} has no decoder layer list sparsequant can find "
                          "(get_decoder().layers, or a ModuleList of config.num_hidden_layers blocks), which "
                          "calibrated methods need; use method: magnitude")
     return found
 
 
-def targets_by_layer(stage: str, prefix: str, num_layers: int,
-                     targets: dict[str, nn.Linear]) -> list[dict[str, nn.Linear]]:
-    """Split the target Linears by decoder layer index; StageError for a target outside the layers."""
+def targets_by_layer(prefix: str, num_layers: int, targets: dict[str, nn.Linear]) -> list[dict[str, nn.Linear]]:
+    """Split the target Linears by decoder layer index; LayerwiseError for a target outside the layers."""
     grouped: list[dict[str, nn.Linear]] = [{} for _ in range(num_layers)]
     for name, linear in targets.items():
         head, _, rest = name.removeprefix(prefix + ".").partition(".")
         if not name.startswith(prefix + ".") or not head.isdigit() or not rest:
-            raise StageError(stage, f"target {name!r} is not inside a decoder layer ({prefix}.N.*); calibrated "
+            raise LayerwiseError(f"target {name!r} is not inside a decoder layer ({prefix}.N.*); calibrated "
                              "methods prune decoder layers only. Add it to sparsity.exclude")
         grouped[int(head)][name] = linear
     return grouped
@@ -140,7 +142,7 @@ LayerProcessor = Callable[[int, dict[str, nn.Linear], dict[str, InputStatistics]
 
 @torch.no_grad()
 def run_layerwise(model: nn.Module, tokens: torch.Tensor, targets: dict[str, nn.Linear], process: LayerProcessor,
-                  *, stage: str, full_hessian: bool, batch_size: int = 4, progress: bool = True,
+                  *, full_hessian: bool, batch_size: int = 4, progress: bool = True, desc: str = "layers",
                   ) -> dict[str, dict[str, Any]]:
     """Calibrate and `process` every decoder layer holding targets, in order; returns per-Linear metrics.
 
@@ -149,18 +151,18 @@ def run_layerwise(model: nn.Module, tokens: torch.Tensor, targets: dict[str, nn.
         tokens: (N, T) calibration token ids.
         targets: the Linear layers to process, by module name (all inside decoder layers).
         process: the per-layer method (prune, quantize); gets the layer's targets and their statistics.
-        stage: stage name for error messages.
         full_hessian: collect Σ x xᵀ (SparseGPT, GPTQ) or only its diagonal (Wanda).
         batch_size: calibration sequences per forward.
-        progress: show a per-layer progress bar.
+        progress: show a per-layer progress bar, labelled `desc`.
+    Raises LayerwiseError when the model has no decoder layer stack or a target lies outside it.
     """
-    prefix, layers = decoder_layers(model, stage)
-    grouped = targets_by_layer(stage, prefix, len(layers), targets)
+    prefix, layers = decoder_layers(model)
+    grouped = targets_by_layer(prefix, len(layers), targets)
     was_training = model.training
     model.eval()
     inputs = capture_first_layer_inputs(model, layers, tokens, batch_size)
     metrics: dict[str, dict[str, Any]] = {}
-    for index in tqdm(range(len(layers)), desc=f"{stage} layers", unit="layer", disable=not progress):
+    for index in tqdm(range(len(layers)), desc=desc, unit="layer", disable=not progress):
         layer = layers[index]
         if grouped[index]:
             stats = collect_statistics(layer, grouped[index], inputs, full_hessian)

@@ -35,10 +35,11 @@ class GPTQSettings:
 
 @torch.no_grad()
 def gptq_model_(model: nn.Module, targets: dict[str, nn.Linear], masks: dict[str, torch.Tensor],
-                settings: GPTQSettings, tokens: torch.Tensor, *, stage: str, batch_size: int = 4,
+                settings: GPTQSettings, tokens: torch.Tensor, *, batch_size: int = 4,
                 progress: bool = True, grids_in: dict[str, QuantizedLayer] | None = None) -> dict[str, QuantizedLayer]:
     """Quantize every target in place (fp32 weights) with calibration `tokens` (N, T); `masks` stay exact.
-    `grids_in` fixes the grid of the named layers (re-quantization onto the grids they already had)."""
+    `grids_in` fixes the grid of the named layers (re-quantization onto the grids they already had).
+    Raises oneshot.layerwise.LayerwiseError for a model or target that layer-wise calibration cannot handle."""
     grids: dict[str, QuantizedLayer] = {}
 
     def process(_index, linears, stats) -> dict[str, Any]:
@@ -49,6 +50,6 @@ def gptq_model_(model: nn.Module, targets: dict[str, nn.Linear], masks: dict[str
                                          block_size=settings.block_size, grid=(grids_in or {}).get(name))
         return {}
 
-    run_layerwise(model, tokens, targets, process, stage=stage, full_hessian=True, batch_size=batch_size,
-                  progress=progress)
+    run_layerwise(model, tokens, targets, process, full_hessian=True, batch_size=batch_size, progress=progress,
+                  desc="gptq layers")
     return grids

@@ -6,15 +6,11 @@ the masked-KD control never moves its mask. This measures what a run actually di
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
 
 import torch
 
 from sparsequant.sparsity.masks import NMPattern, nm_mask, support_mask
-
-if TYPE_CHECKING:
-    from sparsequant.artifact import Artifact
 
 
 def kept_in_both(mask: torch.Tensor, reference: torch.Tensor) -> tuple[int, int]:
@@ -22,17 +18,17 @@ def kept_in_both(mask: torch.Tensor, reference: torch.Tensor) -> tuple[int, int]
     return int((mask & reference).sum()), int(reference.sum())
 
 
-def kept_from_one_shot(dense: Artifact, trained: Mapping[str, torch.Tensor], pattern: NMPattern) -> float | None:
+def kept_from_one_shot(dense: Iterable[tuple[str, torch.Tensor]], trained: Mapping[str, torch.Tensor],
+                       pattern: NMPattern) -> float | None:
     """Share of the dense model's one-shot magnitude N:M mask that the trained N:M weights still keep
-    (1.0: the mask never moved; ~N/M: unrelated masks). None when no target is found in `dense`.
+    (1.0: the mask never moved; ~N/M: unrelated masks). None when `dense` yields no layer.
 
-    trained: {layer name: (out, in) exact N:M weight}. The dense weights are read from the artifact's
-    files one layer at a time, so a training run holds nothing extra in memory for this.
+    dense: (layer name, (out, in) weight) pairs of the model before training, e.g.
+    `verify.iter_target_weights(artifact, names)`, which reads one layer at a time from the files, so a
+    training run holds nothing extra in memory for this. trained: {layer name: (out, in) exact N:M weight}.
     """
-    from sparsequant.verify import iter_target_weights
-
     shared = total = 0
-    for name, weight in iter_target_weights(dense, list(trained)):
+    for name, weight in dense:
         final = support_mask(trained[name], pattern)
         one_shot = nm_mask(weight.to(final.device, torch.float32).abs(), pattern)
         both, kept = kept_in_both(final, one_shot)

@@ -6,6 +6,8 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +64,17 @@ def select_targets(stage: str, model: nn.Module, spec: SparsitySpec) -> dict[str
                          + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
                          + ". Exclude those layers in `sparsity.exclude` or choose an M that divides them.")
     return targets
+
+
+@contextmanager
+def layerwise_errors(stage: str) -> Iterator[None]:
+    """Word the calibration maths' LayerwiseError (sparsequant.oneshot.layerwise) as this stage's error."""
+    from sparsequant.oneshot.layerwise import LayerwiseError
+
+    try:
+        yield
+    except LayerwiseError as exc:
+        raise StageError(stage, str(exc)) from None
 
 
 def verified_sparsity(stage: str, targets: dict[str, nn.Linear], spec: SparsitySpec) -> SparsityInfo:

@@ -11,7 +11,13 @@ from pydantic import Field
 from sparsequant.errors import StageError
 from sparsequant.oneshot.calibration import CalibrationConfig
 from sparsequant.stage import StageConfig, StageContext
-from sparsequant.stages.common import find_targets, peak_rss_mb, reverified_sparsity, write_model_artifact
+from sparsequant.stages.common import (
+    find_targets,
+    layerwise_errors,
+    peak_rss_mb,
+    reverified_sparsity,
+    write_model_artifact,
+)
 
 
 class GPTQConfig(StageConfig):
@@ -85,8 +91,9 @@ class GPTQStage:
         settings = GPTQSettings(GridSpec(cfg.bits, cfg.symmetric), cfg.group_size, cfg.act_order, cfg.dampening,
                                 cfg.block_size)
         tokens = calibration_tokens(cfg.calibration, tokenizer, ctx.base_dir, ctx.seed)
-        grids = gptq_model_(model, targets, masks, settings, tokens, stage=self.name,
-                            batch_size=cfg.calibration.batch_size, progress=ctx.progress)
+        with layerwise_errors(self.name):
+            grids = gptq_model_(model, targets, masks, settings, tokens, batch_size=cfg.calibration.batch_size,
+                                progress=ctx.progress)
         sparsity = reverified_sparsity(self.name, artifact, model)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         grid_file = ctx.work_dir / FILE_NAME

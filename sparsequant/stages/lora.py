@@ -253,8 +253,8 @@ class LoraStage:
         tokens = calibration_tokens(self.config.requantize_calibration, tokenizer, ctx.base_dir, ctx.seed)
         fixed = old_grids if self.config.requantize_grids == "parent" else None
         grids = gptq_model_(model, targets, {n: masks[n] for n in targets if n in masks}, settings, tokens,
-                            stage=self.name, batch_size=self.config.requantize_calibration.batch_size,
-                            progress=ctx.progress, grids_in=fixed)
+                            batch_size=self.config.requantize_calibration.batch_size, progress=ctx.progress,
+                            grids_in=fixed)
         grid_file = ctx.work_dir / FILE_NAME
         save_grids(grid_file, grids, settings.spec, settings.group_size)
         new_section = {**section, "lora_merge": "requantize", "requantize_grids": self.config.requantize_grids}

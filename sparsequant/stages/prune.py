@@ -14,7 +14,13 @@ from sparsequant.sparsity.masks import NMPattern, apply_mask_, nm_mask
 from sparsequant.sparsity.spec import SparsitySpec
 from sparsequant.sparsity.targets import weight_data_oi
 from sparsequant.stage import StageConfig, StageContext
-from sparsequant.stages.common import peak_rss_mb, select_targets, verified_sparsity, write_model_artifact
+from sparsequant.stages.common import (
+    layerwise_errors,
+    peak_rss_mb,
+    select_targets,
+    verified_sparsity,
+    write_model_artifact,
+)
 
 
 class SparseGPTSettings(StrictModel):
@@ -99,8 +105,9 @@ def prune_model_(model, tokenizer, targets, method: str, pattern: NMPattern, cal
 
     tokens = calibration_tokens(calibration, tokenizer, ctx.base_dir, ctx.seed)
     process = _layer_processor(method, pattern, sparsegpt)
-    per_layer = run_layerwise(model, tokens, targets, process, stage=stage, full_hessian=method == "sparsegpt",
-                              batch_size=calibration.batch_size, progress=ctx.progress)
+    with layerwise_errors(stage):
+        per_layer = run_layerwise(model, tokens, targets, process, full_hessian=method == "sparsegpt",
+                                  batch_size=calibration.batch_size, progress=ctx.progress, desc=f"{stage} layers")
     metrics["calibration"] = calibration.describe()
     if per_layer:
         metrics["obs_loss_total"] = round(sum(m["obs_loss"] for m in per_layer.values()), 4)

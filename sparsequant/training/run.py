@@ -18,6 +18,7 @@ from sparsequant.sparsity.targets import is_conv1d, is_projection, weight_oi
 from sparsequant.training.loop import METRICS_FILE, LoopSettings, perplexity_from_nll, train_loop
 from sparsequant.training.schedule import decay_travel_bound, recommended_steps
 from sparsequant.training.srste import SRSTETask
+from sparsequant.verify import iter_target_weights
 from sparsequant.training.tasks import CastTask, KDObjective, MaskedKDTask, heldout_nll
 
 
@@ -169,7 +170,8 @@ def train_sparse(model, tokenizer, artifact, targets, cfg, ctx) -> TrainReport:
     report.model = model
     last = result.last
     modules = dict(model.named_modules())  # in a distributed run: rank 0's gathered copy, not `targets`
-    kept = kept_from_one_shot(artifact, {name: weight_oi(modules[name]).detach() for name in targets}, pattern)
+    kept = kept_from_one_shot(iter_target_weights(artifact, list(targets)),
+                              {name: weight_oi(modules[name]).detach() for name in targets}, pattern)
     if kept is not None:
         ctx.log.info(f"{cfg.method}: the final mask keeps {kept:.2%} of the one-shot magnitude mask's entries")
     report.metrics |= {

@@ -107,3 +107,8 @@ def test_generate_torch_and_missing_onnx_export(tmp_path, capsys, tiny_artifact)
     assert captured.out.startswith("ab") and "[torch] 3 new tokens" in captured.err
     user_error(capsys, ["generate", str(tiny_artifact.path), "--prompt", "ab", "--backend", "onnxruntime"],
                "has no exports/model.onnx", "run an export_onnx stage first")
+
+
+def test_eval_options_are_validated_like_a_stage_config(capsys, tiny_artifact):
+    user_error(capsys, ["eval", str(tiny_artifact.path), "--seq-len", "1", "--text", "builtin"],
+               "sparsequant eval: 1 bad option(s)", "--seq-len: Input should be greater than or equal to 2")

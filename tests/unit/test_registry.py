@@ -65,3 +65,11 @@ def test_entry_point_added(monkeypatch):
     assert "wanda_plus" in registry.names()
     with pytest.raises(RegistryError, match="cannot load stage"):
         registry.get("wanda_plus")
+
+
+def test_summaries_come_from_the_stage_classes_without_importing_them():
+    registry = Registry.default()
+    for name in registry.names():
+        assert registry.summary(name) == registry.get(name).summary  # the class is the single source
+    registry.register(make_stage("mine"))
+    assert registry.summary("mine") == "dummy"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sparsequant.errors import StageError
-from sparsequant.oneshot.layerwise import run_layerwise
+from sparsequant.oneshot.layerwise import LayerwiseError, run_layerwise
 from sparsequant.sparsity.targets import select_projections
 from sparsequant.testing import tiny_llama
 
@@ -33,7 +33,7 @@ def test_statistics_equal_a_full_forward_when_nothing_changes():
         seen.update({name: stats[name].hessian() for name in linears})
         return {}
 
-    run_layerwise(model, TOKENS, targets, record, stage="test", full_hessian=True, batch_size=4, progress=False)
+    run_layerwise(model, TOKENS, targets, record, full_hessian=True, batch_size=4, progress=False)
     expected = hessians_from_full_forward(model, list(targets))
     assert set(seen) == set(expected) == set(targets)
     for name in targets:
@@ -51,7 +51,7 @@ def test_later_layers_see_the_outputs_of_compressed_earlier_layers():
             linear.weight.data.mul_(0.5)
         return {}
 
-    run_layerwise(model, TOKENS, targets, halve_and_record, stage="test", full_hessian=True, progress=False)
+    run_layerwise(model, TOKENS, targets, halve_and_record, full_hessian=True, progress=False)
     # Layer 1's inputs depend only on layer 0, which the final model holds halved.
     expected = hessians_from_full_forward(model, ["model.layers.1.self_attn.q_proj"])
     torch.testing.assert_close(seen["model.layers.1.self_attn.q_proj"], expected["model.layers.1.self_attn.q_proj"],
@@ -61,11 +61,21 @@ def test_later_layers_see_the_outputs_of_compressed_earlier_layers():
 def test_targets_outside_decoder_layers_are_refused():
     model = tiny_llama()
     targets = select_projections(model, ["*"], [])
-    with pytest.raises(StageError, match="lm_head.*not inside a decoder layer"):
-        run_layerwise(model, TOKENS, targets, lambda *a: {}, stage="prune", full_hessian=False, progress=False)
+    with pytest.raises(LayerwiseError, match="lm_head.*not inside a decoder layer"):
+        run_layerwise(model, TOKENS, targets, lambda *a: {}, full_hessian=False, progress=False)
 
 
 def test_model_without_decoder_layers_is_refused():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    with pytest.raises(StageError, match="no decoder layer list"):
-        run_layerwise(model, TOKENS, {"0": model[0]}, lambda *a: {}, stage="prune", full_hessian=False, progress=False)
+    with pytest.raises(LayerwiseError, match="no decoder layer list"):
+        run_layerwise(model, TOKENS, {"0": model[0]}, lambda *a: {}, full_hessian=False, progress=False)
+
+
+def test_prune_stage_words_a_layerwise_error_as_its_own():
+    from sparsequant.stages.common import layerwise_errors
+
+    model = tiny_llama()
+    targets = select_projections(model, ["*"], [])
+    with pytest.raises(StageError, match="stage 'prune': target 'lm_head'.*not inside a decoder layer"):
+        with layerwise_errors("prune"):
+            run_layerwise(model, TOKENS, targets, lambda *a: {}, full_hessian=False, progress=False)
