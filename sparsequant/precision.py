@@ -95,6 +95,18 @@ def autocast_dtype(value: str, device: str, what: str = "autocast"):
     return dtype if dtype == torch.bfloat16 else None
 
 
+def autocast_context(dtype, device):
+    """torch.autocast for a bf16 `dtype` on `device` (a torch.device or string); a no-op context for
+    None or float32 (fp32 needs no autocast)."""
+    import contextlib
+
+    import torch
+
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 @functools.cache  # once per (device, field) for the whole process, not once per stage
 def _warn_emulated_bf16(device: str, what: str) -> None:
     log.warning("%s: bfloat16 was asked for, but %s (%s) has no native bf16 instructions (no AVX512-BF16/AMX); "

@@ -8,7 +8,6 @@ Perplexity = exp(total NLL / scored tokens).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sparsequant.errors import ConfigError
+from sparsequant.precision import autocast_context
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,17 @@ def token_windows(token_ids: list[int], seq_len: int, max_windows: int | None = 
     return torch.tensor(token_ids[: windows * seq_len], dtype=torch.long).view(windows, seq_len)
 
 
-def _autocast(device: str, dtype: torch.dtype | None):
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-def nll_sum(logits: torch.Tensor, windows: torch.Tensor) -> float:
-    """Summed next-token NLL of (B, T, V) logits over the (B, T) windows they were computed on."""
+def nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Summed next-token NLL of (B, T, V) logits against (B, T) labels (the windows they were computed
+    on; labels of -100, chat context in training, are not scored)."""
     # (B, T-1, V) predictions for tokens 1..T-1; fp32 keeps bf16 runs comparable to fp32 ones.
     pred = logits[:, :-1].float().flatten(0, 1)
-    return float(F.cross_entropy(pred, windows[:, 1:].to(logits.device).flatten(), reduction="sum"))
+    return float(F.cross_entropy(pred, labels[:, 1:].to(logits.device).flatten(), reduction="sum", ignore_index=-100))
+
+
+def perplexity_from_nll(nll: float) -> float:
+    """exp(mean NLL), clamped at e^50 so a diverged model reports a huge number, not an overflow."""
+    return math.exp(min(nll, 50.0))
 
 
 @torch.no_grad()
@@ -66,7 +66,7 @@ def window_nll_sum(model, windows: torch.Tensor, autocast_dtype: torch.dtype | N
     """Summed next-token NLL over a (B, T) batch of windows; logits scored in fp32."""
     device = next(model.parameters()).device
     batch = windows.to(device)
-    with _autocast(str(device), autocast_dtype):
+    with autocast_context(autocast_dtype, device):
         logits = model(input_ids=batch).logits  # (B, T, V)
     return nll_sum(logits, batch)
 
@@ -106,12 +106,12 @@ def windowed_perplexity(chunk_nll: Callable[[torch.Tensor], float], tokenizer, t
         chunk = windows[start : start + batch_size]
         total_nll += chunk_nll(chunk)
         bar.update(len(chunk))
-        bar.set_postfix(ppl=f"{math.exp(total_nll / ((start + len(chunk)) * (seq_len - 1))):.2f}")
+        bar.set_postfix(ppl=f"{perplexity_from_nll(total_nll / ((start + len(chunk)) * (seq_len - 1))):.2f}")
     bar.close()
     seconds = time.perf_counter() - started
     scored = len(windows) * (seq_len - 1)
     nll = total_nll / scored
     return PerplexityResult(
-        perplexity=math.exp(nll), nll=nll, windows=len(windows), tokens=windows.numel(),
+        perplexity=perplexity_from_nll(nll), nll=nll, windows=len(windows), tokens=windows.numel(),
         scored_tokens=scored, seconds=seconds, tokens_per_s=windows.numel() / max(seconds, 1e-9),
     )

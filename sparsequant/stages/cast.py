@@ -3,88 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from pydantic import Field, model_validator
-
-from sparsequant.data.sources import DataConfig
-from sparsequant.oneshot.calibration import CalibrationConfig
-from sparsequant.precision import Precision
-from sparsequant.schema import StrictModel
-from sparsequant.sparsity.spec import SparsitySpec
-from sparsequant.stage import StageConfig, StageContext
-from sparsequant.stages.common import select_targets, verified_sparsity, write_model_artifact
-
-
-class DistillSpec(StrictModel):
-    eta: float = Field(1 / 3, ge=0, le=1)  # KL weight; CAST's LLaMA value (cast-notes §1.6)
-    temperature: float = Field(1.0, gt=0)  # Eq. 13 has none, so T = 1
-    teacher_dtype: Precision = "auto"  # bf16 only where native (sparsequant.precision)
-    # auto: the input when it is dense, else its nearest dense ancestor (training/teacher.py); or a path to
-    # a dense artifact / transformers directory with the same tokenizer (relative to the pipeline file)
-    teacher: str = Field("auto", min_length=1)
-
-    def named_inputs(self, base_dir) -> dict[str, dict]:
-        from sparsequant.identity import model_dir_input
-
-        # auto needs no digest: the input's manifest pins its parent chain by sha256
-        return {} if self.teacher == "auto" else {"teacher": model_dir_input(self.teacher, base_dir,
-                                                                            "cast distill.teacher")}
-
-
-class CastConfig(StageConfig):
-    method: Literal["cast", "masked_kd", "sr_ste"] = "cast"
-    sparsity: SparsitySpec = SparsitySpec()
-    # The starting mask and weights. input: the input's own N:M support and values when it is N:M (the
-    # output of `prune`), else magnitude; magnitude | wanda | sparsegpt: prune the input first, in this
-    # stage (wanda and sparsegpt read `calibration`), so one stage does one-shot start + training.
-    init: Literal["input", "magnitude", "wanda", "sparsegpt"] = "input"
-    calibration: CalibrationConfig = CalibrationConfig()  # init: wanda | sparsegpt only
-    data: DataConfig = DataConfig()
-    steps: int = Field(100, ge=1)
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    schedule: Literal["constant", "cosine", "linear"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
-    lam: float = Field(1e-3, ge=0)  # λ, of the order of typical gradients (cast-notes §1.4)
-    alpha_ramp: float = Field(1.0, gt=0, le=1)  # α_t = min(1, t / (alpha_ramp·T)); 1.0 = the paper
-    masked_lr_scale: float = Field(1.0, gt=0)  # step multiplier for masked entries only; 1.0 = the paper
-    # Extensions of AdamS (cast-notes §7), off = the paper: v from g² on kept weights (Adam's statistics);
-    # masked weights that would cross 0 rest at 0 instead of oscillating around it.
-    kept_second_moment: Literal["momentum", "gradient"] = "momentum"
-    stop_at_zero: bool = False
-    mask_interval: int | None = Field(None, ge=1)  # steps between mask updates; None: cast 10 (T1), sr_ste 1
-    sr_decay: float = Field(2e-4, ge=0)  # λ_W of SR-STE (its paper's value); sr_ste only
-    scale_blocks: int = Field(2, ge=0)  # n column blocks of learnable scales per row; 0 = off
-    distill: DistillSpec = DistillSpec()
-    autocast: Precision = "auto"
-    grad_clip: float | None = Field(1.0, gt=0)
-    gradient_checkpointing: bool = False
-    # One compiled kernel per weight for the AdamS step and the mask recompute (cast; masked_kd and
-    # sr_ste get torch's fused AdamW): same maths, faster; needs torch.compile (g++ on CPU, Triton on CUDA).
-    fused: bool = False
-    log_interval: int = Field(10, ge=1)
-    eval_interval: int | None = Field(None, ge=1)
-    eval_blocks: int = Field(8, ge=1)
-    checkpoint_interval: int | None = Field(50, ge=1)
-
-    def inactive_blocks(self) -> set[str]:
-        """Blocks this config does not read (left out of the identity, sparsequant.identity)."""
-        return set() if self.init in ("wanda", "sparsegpt") else {"calibration"}
-
-    @property
-    def effective_mask_interval(self) -> int:
-        return self.mask_interval or (1 if self.method == "sr_ste" else 10)
-
-    @model_validator(mode="after")
-    def _train_split(self):
-        if self.data.split != "train":
-            raise ValueError("data.split must be 'train' for training; held-out text is used for evaluation")
-        return self
+from sparsequant.stage import StageContext
+from sparsequant.stages.common import select_targets, verified_sparsity, write_model_artifact, written_by_rank0
+from sparsequant.training.config import CastConfig
 
 
 class CastStage:
@@ -119,21 +42,17 @@ class CastStage:
         start = self._initialize(model, tokenizer, targets, artifact, ctx)
         report = train_sparse(model, tokenizer, artifact, targets, self.config, ctx)
         report.metrics["init"] = start
-        if report.model is None:  # a distributed run's other ranks: rank 0 writes the artifact
-            from sparsequant.artifact import Artifact
 
-            ctx.dist.barrier()
-            return Artifact.load(ctx.out_dir)
-        model = report.model
-        targets = select_targets(self.name, model, self.config.sparsity)
-        sparsity = verified_sparsity(self.name, targets, self.config.sparsity)
-        try:
+        def write():  # rank 0: the trained model's own (plain, pruned) Linears are verified and written
+            trained = report.model
+            final = select_targets(self.name, trained, self.config.sparsity)
+            sparsity = verified_sparsity(self.name, final, self.config.sparsity)
             lineage = {"init": start["method"], "teacher": report.metrics.get("teacher")}
-            return write_model_artifact(self.name, self.config, ctx, started, artifact, model, tokenizer, lineage,
+            return write_model_artifact(self.name, self.config, ctx, started, artifact, trained, tokenizer, lineage,
                                         sparsity=sparsity, metrics={"train": report.metrics},
                                         warnings=report.warnings, extra_files=report.extra_files)
-        finally:
-            ctx.dist.barrier()
+
+        return written_by_rank0(ctx, report.model, write)
 
     def _initialize(self, model, tokenizer, targets, artifact, ctx: StageContext) -> dict:
         """Prune the student first when `init` names a method; describe where training starts."""

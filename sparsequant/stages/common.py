@@ -6,7 +6,7 @@ import resource
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +75,18 @@ def layerwise_errors(stage: str) -> Iterator[None]:
         yield
     except LayerwiseError as exc:
         raise StageError(stage, str(exc)) from None
+
+
+def written_by_rank0(ctx: StageContext, trained, write: Callable[[], Artifact]) -> Artifact:
+    """End of a distributed-capable stage: rank 0 (which holds the `trained` model) writes the artifact
+    with `write()`; the other ranks (trained is None) wait for it and load it; all ranks leave together."""
+    if trained is None:
+        ctx.dist.barrier()
+        return Artifact.load(ctx.out_dir)
+    try:
+        return write()
+    finally:
+        ctx.dist.barrier()
 
 
 def verified_sparsity(stage: str, targets: dict[str, nn.Linear], spec: SparsitySpec) -> SparsityInfo:

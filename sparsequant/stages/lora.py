@@ -2,85 +2,21 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import Field, model_validator
-
-from sparsequant.data.sources import DataConfig
 from sparsequant.errors import StageError
-from sparsequant.oneshot.calibration import CalibrationConfig
-from sparsequant.precision import Precision
-from sparsequant.schema import StrictModel
-from sparsequant.stage import StageConfig, StageContext
-from sparsequant.stages.common import find_targets, peak_rss_mb, reverified_sparsity, write_model_artifact
-
-
-class LoraDistill(StrictModel):
-    eta: float = Field(0.0, ge=0, le=1)  # KL weight; 0 = plain fine-tuning
-    temperature: float = Field(1.0, gt=0)
-    teacher: str | None = None  # artifact or transformers dir (e.g. the dense import), relative to the pipeline
-    teacher_dtype: Precision = "auto"  # bf16 only where native (sparsequant.precision)
-
-    @model_validator(mode="after")
-    def _teacher_given(self):
-        if self.eta > 0 and not self.teacher:
-            raise ValueError("distill.eta > 0 needs distill.teacher (a path to the dense model's artifact)")
-        return self
-
-    def named_inputs(self, base_dir) -> dict[str, dict]:
-        from sparsequant.identity import model_dir_input
-
-        return {"teacher": model_dir_input(self.teacher, base_dir, "lora distill.teacher")} if self.teacher else {}
-
-
-class LoraStageConfig(StageConfig):
-    rank: int = Field(16, ge=1)
-    alpha: float = Field(32.0, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    include: list[str] | None = None  # None: every linear projection in the decoder layers
-    exclude: list[str] = []
-    data: DataConfig = DataConfig()
-    format: Literal["text", "chat"] = "text"  # chat: .jsonl of {"messages": [...]}, loss on assistant tokens
-    steps: int | None = Field(None, ge=1)  # default 100 unless epochs is given
-    epochs: float | None = Field(None, gt=0)  # instead of steps
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "cosine", "linear"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    grad_clip: float | None = Field(1.0, gt=0)
-    autocast: Precision = "auto"
-    distill: LoraDistill = LoraDistill()
-    merge: Literal["merge", "requantize", "keep"] | None = None  # None: requantize if quantized, else merge
-    # requantize: train in float, merge, re-run mask-preserving GPTQ (False, the default), or train through
-    # the parent's fixed grids so the merge lands on them exactly (True; needs many steps, benchmarks §6)
-    quant_aware: bool = False
-    requantize_calibration: CalibrationConfig = CalibrationConfig(num_samples=16)
-    # GPTQ of the merge onto grids fitted again with the parent's settings (refit, better in benchmarks §6)
-    # or onto the parent's own grids (parent)
-    requantize_grids: Literal["refit", "parent"] = "refit"
-    log_interval: int = Field(10, ge=1)
-    eval_interval: int | None = Field(None, ge=1)
-    eval_blocks: int = Field(8, ge=1)
-    checkpoint_interval: int | None = Field(50, ge=1)
-
-    @model_validator(mode="after")
-    def _steps_or_epochs(self):
-        if self.epochs is not None and self.steps is not None:
-            raise ValueError("give steps or epochs, not both")
-        if self.format == "chat" and not self.data.source.endswith(".jsonl"):
-            raise ValueError("format: chat needs data.source to be a .jsonl file of {\"messages\": [...]} records")
-        return self
-
-    def total_steps(self, train_blocks: int) -> int:
-        if self.epochs is None:
-            return self.steps or 100
-        return max(1, math.ceil(self.epochs * train_blocks / (self.batch_size * self.grad_accum)))
+from sparsequant.lora.config import LoraStageConfig
+from sparsequant.stage import StageContext
+from sparsequant.stages.common import (
+    find_targets,
+    layerwise_errors,
+    peak_rss_mb,
+    reverified_sparsity,
+    write_model_artifact,
+    written_by_rank0,
+)
 
 
 @dataclass
@@ -161,22 +97,16 @@ class LoraStage:
         return Adapted(peft_model, tokenizer, targets, masks, grids, spec)
 
     def run(self, artifact, ctx: StageContext):
-        from sparsequant.artifact import Artifact
         from sparsequant.lora.train import train_lora
 
         started, cfg = time.time(), self.config
         mode = self._merge_mode(artifact)
         quant_aware = self._quant_aware(mode)
         adapted = self._adapted_model(artifact, ctx, quant_aware)
-        report = train_lora(adapted.peft_model, adapted.tokenizer, cfg, ctx,
+        report = train_lora(adapted.peft_model, adapted.tokenizer, artifact, cfg, ctx,
                             rebuild=lambda: self._adapted_model(artifact, ctx, quant_aware).peft_model)
-        if report.model is None:  # a distributed run's other ranks: rank 0 merges and writes
-            ctx.dist.barrier()
-            return Artifact.load(ctx.out_dir)
-        try:
-            return self._finish(artifact, ctx, report, mode, quant_aware, adapted, started)
-        finally:
-            ctx.dist.barrier()
+        return written_by_rank0(ctx, report.model,
+                                lambda: self._finish(artifact, ctx, report, mode, quant_aware, adapted, started))
 
     def _finish(self, artifact, ctx, report, mode: str, quant_aware: bool, adapted: Adapted, started: float):
         """Merge (exactly), re-quantize or keep the adapter, and write the artifact."""
@@ -252,9 +182,10 @@ class LoraStage:
         settings = GPTQSettings.from_manifest(section)
         tokens = calibration_tokens(self.config.requantize_calibration, tokenizer, ctx.base_dir, ctx.seed)
         fixed = old_grids if self.config.requantize_grids == "parent" else None
-        grids = gptq_model_(model, targets, {n: masks[n] for n in targets if n in masks}, settings, tokens,
-                            batch_size=self.config.requantize_calibration.batch_size, progress=ctx.progress,
-                            grids_in=fixed)
+        with layerwise_errors(self.name):
+            grids = gptq_model_(model, targets, {n: masks[n] for n in targets if n in masks}, settings, tokens,
+                                batch_size=self.config.requantize_calibration.batch_size, progress=ctx.progress,
+                                grids_in=fixed)
         grid_file = ctx.work_dir / FILE_NAME
         save_grids(grid_file, grids, settings.spec, settings.group_size)
         new_section = {**section, "lora_merge": "requantize", "requantize_grids": self.config.requantize_grids}

@@ -102,6 +102,11 @@ class AdamS(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self._kernels = CompiledKernels() if fused else None
 
+    @property
+    def kernels(self) -> CompiledKernels | None:
+        """The compiled kernels (fused=True), shared with whoever recomputes this optimizer's masks."""
+        return self._kernels
+
     def set_mask(self, param: torch.Tensor, mask: torch.Tensor | None) -> None:
         """Attach the keep-mask of `param` (True = kept), or remove it with ``None``.
 

@@ -1,4 +1,4 @@
-"""The training loop shared by `cast` (and later `lora`): nanoGPT-shaped, readable top to bottom.
+"""The training loop shared by `cast` and `lora`: nanoGPT-shaped, readable top to bottom.
 
 What differs between methods lives in a TrainTask (masks, decay, losses); this file only orders
 the steps: lr -> task.before_step -> micro-batches -> finite check -> clip -> optimizer step ->
@@ -9,7 +9,6 @@ task.after_step -> log / held-out eval / checkpoint. A resumed run restores mode
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,8 @@ from sparsequant.distributed.fsdp import full
 from sparsequant.errors import StageError
 from sparsequant.fsutil import atomic_write_text
 from sparsequant.training.checkpoint import checkpoint_tensors, load_latest, save_checkpoint
-from sparsequant.training.schedule import lr_at
+from sparsequant.training.config import LoopConfig
+from sparsequant.training.schedule import Schedule, lr_at
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -45,16 +45,24 @@ class TrainTask(Protocol):
 
 @dataclass(frozen=True)
 class LoopSettings:
+    """What `train_loop` needs of a stage config (training.config.LoopConfig), with the run's step count."""
+
     steps: int
     lr: float
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1
-    grad_accum: int = 1
-    grad_clip: float | None = 1.0
-    log_interval: int = 10
-    eval_interval: int | None = None
-    checkpoint_interval: int | None = 50
+    schedule: Schedule
+    warmup_steps: int
+    min_lr_ratio: float
+    grad_accum: int
+    grad_clip: float | None
+    log_interval: int
+    eval_interval: int | None
+    checkpoint_interval: int | None
+
+    @classmethod
+    def from_config(cls, cfg: LoopConfig, steps: int) -> LoopSettings:
+        """`steps` is given apart: `lora` derives it from `epochs` and the data size."""
+        return cls(steps, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.grad_accum, cfg.grad_clip,
+                   cfg.log_interval, cfg.eval_interval, cfg.checkpoint_interval)
 
 
 @dataclass
@@ -62,7 +70,6 @@ class LoopResult:
     last: dict[str, Any]  # the last logged metrics row
     resumed_from: int | None
     seconds: float
-    tokens: int
 
 
 def _resume(task: TrainTask, stream: BlockStream, work_dir: Path, sha: str, dist: DistContext) -> int | None:
@@ -190,11 +197,8 @@ def train_loop(task: TrainTask, stream: BlockStream, settings: LoopSettings, wor
             _checkpoint(task, stream, work_dir, config_sha256, done, dist)
     bar.close()
     task.model.eval()
-    return LoopResult(last, resumed, time.time() - started, (settings.steps - start) * tokens_per_step)
+    return LoopResult(last, resumed, time.time() - started)
 
 
 _SHOWN = ("loss", "kl", "ce", "alpha", "flip_rate", "masked_mass", "tokens_per_s", "heldout_ppl")
 
-
-def perplexity_from_nll(nll: float) -> float:
-    return math.exp(min(nll, 50.0))

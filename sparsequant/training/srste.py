@@ -23,8 +23,8 @@ from torch.nn.utils import parametrize
 
 from sparsequant.sparsity.masks import NMPattern, apply_mask_
 from sparsequant.sparsity.targets import stored_nm_mask
-from sparsequant.training.loop import perplexity_from_nll
-from sparsequant.training.tasks import KDObjective, heldout_nll
+from sparsequant.training.config import CastConfig
+from sparsequant.training.tasks import TaskBase, TaskInputs
 
 
 class StraightThroughMask(nn.Module):
@@ -54,13 +54,14 @@ def add_sparse_refined_decay_(weight: nn.Parameter, mask: torch.Tensor, decay: f
         weight.grad.add_(weight.detach() * ~mask, alpha=decay)
 
 
-class SRSTETask:
-    """`cast` with method: sr_ste. Plugs into `train_loop` like CastTask and MaskedKDTask."""
+class SRSTETask(TaskBase):
+    """`cast` with method: sr_ste. Plugs into `train_loop` like CastTask and MaskedKDTask. Its held-out
+    perplexity (TaskBase's) is already the pruned model's: the forward uses W ⊙ E."""
 
-    def __init__(self, model: nn.Module, targets: dict[str, nn.Linear], pattern: NMPattern, objective: KDObjective,
-                 heldout: torch.Tensor, steps: int, cfg) -> None:
-        self.model, self.targets, self.pattern, self.objective = model, targets, pattern, objective
-        self.heldout, self.cfg = heldout, cfg
+    def __init__(self, inputs: TaskInputs, cfg: CastConfig) -> None:
+        model, targets, pattern = inputs.model, inputs.targets, inputs.pattern
+        self.model, self.targets, self.pattern, self.objective = model, targets, pattern, inputs.objective
+        self.heldout, self.cfg = inputs.heldout, cfg
         self.interval = cfg.effective_mask_interval
         self.ste = {name: attach_straight_through_mask(linear, pattern) for name, linear in targets.items()}
         self.weights = {name: linear.parametrizations.weight.original for name, linear in targets.items()}
@@ -82,15 +83,9 @@ class SRSTETask:
             self.last_flip = flipped / total
         return {"flip_rate": self.last_flip}
 
-    def loss(self, batch: torch.Tensor):
-        return self.objective(self.model, batch)
-
     def _add_decay(self) -> None:
         for name, weight in self.weights.items():
             add_sparse_refined_decay_(weight, self.ste[name].mask, self.cfg.sr_decay)
-
-    def after_step(self, step: int) -> None:
-        pass
 
     @torch.no_grad()
     def log_metrics(self) -> dict[str, float]:
@@ -98,10 +93,6 @@ class SRSTETask:
         masked = sum(float((w.abs() * ~self.ste[n].mask).sum()) for n, w in self.weights.items())
         total = sum(float(w.abs().sum()) for w in self.weights.values())
         return {"masked_mass": masked / total if total else 0.0}
-
-    def heldout_metrics(self) -> dict[str, float]:
-        # The forward already uses W ⊙ E: this is the perplexity of the pruned model.
-        return {"heldout_ppl": perplexity_from_nll(heldout_nll(self.model, self.heldout, self.objective.autocast))}
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         return {"last_flip": torch.tensor(self.last_flip, dtype=torch.float64),

@@ -32,7 +32,7 @@ def nearest_dense_ancestor(artifact: Artifact, stage: str) -> Path:
         parent, expected_sha = link
         if not (parent / MANIFEST_NAME).is_file():
             raise StageError(stage, f"the input {artifact.path} is N:M sparse and its dense teacher is found through "
-                             f"its parent chain, but {parent} (what {path} was made from) is not on disk. Restore it"
+                             f"its parent chain, but {parent} (what {path} was made from) is not on disk. Restore that "
                              "artifact, or name a dense teacher: distill: {teacher: PATH} (a dense artifact or "
                              "transformers directory with the same tokenizer), or set distill.eta: 0")
         found = Artifact(parent, read_manifest(parent))
@@ -87,3 +87,16 @@ def load_frozen_model(path: Path, device: str, dtype, trust_remote_code: bool = 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model.to(device).eval().requires_grad_(False), tokenizer
+
+
+def load_teacher(path: Path, artifact: Artifact, student_tokenizer, device: str, dtype, trust_remote_code: bool,
+                 stage: str):
+    """The frozen teacher at `path` (the input itself when it is the input: CAST's own dense setting),
+    checked to share the student's tokenizer."""
+    if path == artifact.path:
+        teacher, teacher_tokenizer = artifact.load_model(device, dtype=dtype, with_adapter=False)
+        teacher.requires_grad_(False)
+    else:
+        teacher, teacher_tokenizer = load_frozen_model(path, device, dtype, trust_remote_code)
+    check_same_tokenizer(student_tokenizer, teacher_tokenizer, path, stage)
+    return teacher

@@ -9,7 +9,8 @@ from sparsequant.sparsity.targets import select_projections
 from sparsequant.stages.cast import CastConfig
 from sparsequant.testing import tiny_llama
 from sparsequant.training.srste import SRSTETask, add_sparse_refined_decay_, attach_straight_through_mask
-from sparsequant.training.tasks import KDObjective
+from sparsequant.training.objective import KDObjective
+from sparsequant.training.tasks import TaskInputs
 
 P24 = NMPattern(2, 4)
 # The stage's own typed config (as in test_tasks.py), so options added later come with their defaults.
@@ -42,9 +43,9 @@ def test_sparse_refined_decay_touches_pruned_entries_only():
 
 def make_task(model, sr_decay=2e-4, interval=2):
     targets = select_projections(model, ["model.layers.*"], [])
-    cfg = CFG.model_copy(update={"sr_decay": sr_decay, "mask_interval": interval})
-    task = SRSTETask(model, targets, P24, KDObjective(None, 0.0, 1.0, None), torch.zeros(1, 8, dtype=torch.long),
-                     10, cfg)
+    cfg = CFG.model_copy(update={"sr_decay": sr_decay, "mask_interval": interval, "steps": 10})
+    task = SRSTETask(TaskInputs(model, targets, P24, KDObjective(None, 0.0, 1.0, None),
+                                torch.zeros(1, 8, dtype=torch.long)), cfg)
     return task, targets
 
 

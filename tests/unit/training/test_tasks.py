@@ -6,17 +6,18 @@ from sparsequant.sparsity.masks import NMPattern, apply_mask_, nm_mask
 from sparsequant.sparsity.targets import select_projections
 from sparsequant.stages.cast import CastConfig
 from sparsequant.testing import tiny_llama
-from sparsequant.training.tasks import CastTask, KDObjective
+from sparsequant.training.objective import KDObjective
+from sparsequant.training.tasks import CastTask, TaskInputs
 
 # The stage's own typed config, so options added later come with their defaults.
-CFG = CastConfig(lr=1e-3)
+CFG = CastConfig(lr=1e-3, steps=20)
 
 
 def make_task(model=None, teacher=None, eta=0.0):
     model = model or tiny_llama()
     targets = select_projections(model, ["model.layers.*"], [])
     objective = KDObjective(teacher, eta, 1.0, None)
-    return CastTask(model, targets, NMPattern(2, 4), objective, torch.zeros(1, 8, dtype=torch.long), 20, CFG)
+    return CastTask(TaskInputs(model, targets, NMPattern(2, 4), objective, torch.zeros(1, 8, dtype=torch.long)), CFG)
 
 
 def test_masks_set_before_first_update_and_flip_rate_counts_changes():
