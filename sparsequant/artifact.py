@@ -22,6 +22,7 @@ from sparsequant.manifest import (
     Manifest,
     ModelInfo,
     ParentRecord,
+    QuantizationInfo,
     SparsityInfo,
     StageRecord,
     confined,
@@ -83,10 +84,26 @@ class Artifact:
     @property
     def quantization_file(self) -> Path | None:
         """The grids file of a quantized artifact (confined to the artifact by read_manifest), else None."""
-        from sparsequant.quant.storage import FILE_NAME
-
         q = self.manifest.quantization
-        return None if q is None else confined(self.path, q.get("file") or FILE_NAME)
+        return None if q is None else confined(self.path, q.file)
+
+    def grids(self):
+        """The quantization grids (quant.storage.Grids: layers by name, spec, group size) of a quantized
+        artifact; ArtifactError when the file is missing or disagrees with the manifest's record."""
+        from sparsequant.quant.storage import load_grids
+
+        info, path = self.manifest.quantization, self.quantization_file
+        if info is None:
+            raise ArtifactError(f"{self.path} is not quantized (no `quantization` in its manifest)")
+        if not path.is_file():
+            raise ArtifactError(f"{path}: the quantization grids named by {self.path / MANIFEST_NAME} are missing; "
+                                "re-create the artifact (re-run its gptq stage)")
+        grids = load_grids(path)
+        if (grids.spec.bits, grids.spec.symmetric, grids.group_size) != (info.bits, info.symmetric, info.group_size):
+            raise ArtifactError(f"{path} holds {grids.spec.bits}-bit grids (symmetric {grids.spec.symmetric}, group "
+                                f"size {grids.group_size}) but the manifest records {info.bits}-bit (symmetric "
+                                f"{info.symmetric}, group size {info.group_size}); re-create the artifact")
+        return grids
 
     @property
     def adapter_dir(self) -> Path | None:
@@ -229,7 +246,7 @@ class ArtifactWriter:
         lineage_entry: dict[str, Any],
         device: str,
         sparsity: SparsityInfo | None = None,
-        quantization: dict[str, Any] | None = None,
+        quantization: QuantizationInfo | None = None,
         metrics: dict[str, Any] | None = None,
         warnings: list[str] | None = None,
         inherit_metrics: bool = False,

@@ -65,6 +65,22 @@ class SparsityInfo(_Section):
     per_layer: dict[str, float] = {}
 
 
+class QuantizationInfo(_Section):
+    """How the weights were put on grids: the one record every reader takes bits, group size and
+    symmetry from (the grid file's own metadata is a copy that `Artifact.grids` checks against this)."""
+
+    method: str = "gptq"
+    bits: int
+    group_size: int | None = None  # None: one grid per output channel
+    symmetric: bool = False
+    act_order: bool = False
+    format: str = "fake_quant_dense+qparams"  # fp32 weights on their grids + quantization.safetensors
+    file: str = "quantization.safetensors"  # the grids, relative to the artifact
+    layers: int = 0  # quantized Linears
+    lora_merge: str | None = None  # a later `lora` merged onto the grids: quant_aware | requantize
+    requantize_grids: str | None = None  # with lora_merge requantize: refit | parent
+
+
 class Manifest(_Section):
     schema_version: int = SCHEMA_VERSION
     sparsequant_version: str
@@ -74,7 +90,7 @@ class Manifest(_Section):
     lineage: list[dict[str, Any]] = []
     model: ModelInfo
     sparsity: SparsityInfo | None = None
-    quantization: dict[str, Any] | None = None
+    quantization: QuantizationInfo | None = None
     metrics: dict[str, Any] = {}
     environment: dict[str, str] = {}
     warnings: list[str] = []
@@ -118,8 +134,7 @@ def read_manifest(path: Path) -> Manifest:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         raise ArtifactError(f"{file} is not a valid manifest:\n{exc}") from exc
-    for name in [*manifest.model.files, *([manifest.quantization["file"]] if (manifest.quantization or {}).get("file")
-                                          else [])]:
+    for name in [*manifest.model.files, *([manifest.quantization.file] if manifest.quantization else [])]:
         confined(path, name)
     unknown = set(data) - set(Manifest.model_fields)
     if unknown:

@@ -25,8 +25,8 @@ def _quantization(artifact: Artifact) -> str:
     q = artifact.manifest.quantization
     if not q:
         return "-"
-    grid = f"g{q['group_size']}" if q.get("group_size") else "per-channel"
-    return f"{q.get('method', '?')} W{q.get('bits', '?')} {grid}"
+    grid = f"g{q.group_size}" if q.group_size else "per-channel"
+    return f"{q.method} W{q.bits} {grid}"
 
 
 def print_run_summary(result, console: Console | None = None) -> None:
@@ -55,7 +55,7 @@ def print_manifest(artifact: Artifact, verified=None, console: Console | None = 
         console.print(f"sparsity: {m.sparsity.pattern} on {m.sparsity.layers} layers, zero fraction "
                       f"{m.sparsity.zero_fraction:.4f}, excluded {m.sparsity.exclude}")
     if m.quantization:
-        console.print(f"quantization: {m.quantization}")
+        console.print(f"quantization: {m.quantization.model_dump(exclude_none=True)}")
     for key, value in m.metrics.get("perplexity", {}).items():
         console.print(escape(f"perplexity {key}: {value:.4f}"))
     for warning in m.warnings:

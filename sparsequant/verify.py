@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sparsequant.artifact import Artifact
+from sparsequant.errors import ArtifactError
 from sparsequant.sparsity.masks import parse_pattern
 from sparsequant.sparsity.report import nm_failures
 
@@ -56,12 +57,14 @@ def read_target_weights(artifact: Artifact, names: list[str]) -> dict:
 def grid_failures(artifact: Artifact) -> tuple[list[str], int]:
     """(one line per quantized layer whose weights are off their grid, layers checked)."""
     from sparsequant.quant.grid import off_grid_count
-    from sparsequant.quant.storage import load_grids
 
     path = artifact.quantization_file
     if not path.is_file():
         return [f"{path.name}: the quantization grids named by the manifest are missing"], 0
-    layers, spec, _ = load_grids(path)
+    try:
+        layers, spec, _ = artifact.grids()
+    except ArtifactError as exc:
+        return [str(exc)], 0
     weights = read_target_weights(artifact, list(layers))
     failures = [f"{name}: weight not found in the model files" for name in sorted(set(layers) - set(weights))]
     for name, weight in weights.items():

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparsequant.manifest import QuantizationInfo
+
 FP16_BITS = 16
 
 
@@ -58,13 +60,13 @@ def files_bytes(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths if p.is_file())
 
 
-def model_formats(targets: list[str], pattern: str | None, quantization: dict | None,
+def model_formats(targets: list[str], pattern: str | None, quantization: QuantizationInfo | None,
                   quantized_layers: set[str]) -> dict[str, LayerFormat]:
     """Formats of the artifact's target layers (module names) keyed by their weight parameter name."""
     nm = tuple(int(x) for x in pattern.split(":")) if pattern else None
-    q = quantization or {}
+    q = quantization
     names = set(targets) | quantized_layers
     return {f"{name}.weight": LayerFormat(nm if name in targets else None,
-                                          q.get("bits") if name in quantized_layers else None,
-                                          q.get("group_size"), bool(q.get("symmetric", True)))
+                                          q.bits if q and name in quantized_layers else None,
+                                          q.group_size if q else None, q.symmetric if q else True)
             for name in names}

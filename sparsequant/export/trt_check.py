@@ -24,6 +24,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from sparsequant.manifest import QuantizationInfo
 from sparsequant.export.trt_rules import QUANTIZED_CODE_TYPES, SUPPORTED_OPS, TENSORRT, type_name
 from sparsequant.sparsity.masks import count_nm_violations, parse_pattern
 
@@ -241,15 +242,15 @@ def parser_problems(report: dict[str, dict]) -> list[str]:
             + "; ".join(check["problems"][:3]) for check in report.values() if not check["parser_ok"]]
 
 
-def quantized_export_problem(quantization: dict) -> str | None:
+def quantized_export_problem(quantization: QuantizationInfo) -> str | None:
     """Why a gptq artifact cannot be exported for TensorRT (None when it can): its DequantizeLinear takes
     zero point 0 only, so the grid must be symmetric (signed codes), and it blocks 4-bit codes only."""
-    if not quantization.get("symmetric", False):
+    if not quantization.symmetric:
         return ("target: tensorrt needs signed INT4/INT8 codes with zero point 0, and this artifact's gptq grid is "
                 "asymmetric (a zero point per group). Re-run gptq with symmetric: true (its zero sits at "
                 "2^(bits-1), so code - 2^(bits-1) is the signed code), or export for onnxruntime")
-    if quantization.get("bits", 4) > 4 and quantization.get("group_size"):
-        return (f"target: tensorrt block-quantizes 4-bit weights only, and this artifact has {quantization['bits']}-bit "
-                f"codes in groups of {quantization['group_size']}. Re-run gptq with group_size: null (one scale per "
+    if quantization.bits > 4 and quantization.group_size:
+        return (f"target: tensorrt block-quantizes 4-bit weights only, and this artifact has {quantization.bits}-bit "
+                f"codes in groups of {quantization.group_size}. Re-run gptq with group_size: null (one scale per "
                 "output channel) for 8 bits, or use bits: 4")
     return None

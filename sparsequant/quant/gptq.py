@@ -19,6 +19,8 @@ order, are fitted before the sweep ("static groups"), so a group's grid never de
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -37,11 +39,31 @@ class QuantizedLayer:
     loss: float
 
 
+def divides(group_size: int, in_features: int) -> bool:
+    """Whether rows of `in_features` columns split into whole groups of `group_size` (the one check)."""
+    return group_size >= 1 and in_features % group_size == 0
+
+
+def group_size_problems(widths: dict[str, int], group_size: int | None) -> str | None:
+    """One sentence naming the layers whose in_features the group size does not divide, and what would."""
+    if group_size is None:
+        return None
+    bad = {name: w for name, w in widths.items() if not divides(group_size, w)}
+    if not bad:
+        return None
+    common = math.gcd(*widths.values())
+    fits = [g for g in (128, 64, 32, 16) if common % g == 0]
+    shown = ", ".join(f"{n} (in_features {w})" for n, w in list(bad.items())[:3])
+    return (f"group_size {group_size} does not divide the input width of {len(bad)} layer(s): {shown}"
+            f"{' ...' if len(bad) > 3 else ''}. To resolve, use group_size "
+            f"{' or '.join(map(str, fits[:2])) if fits else 'null (per channel)'}, or exclude those layers")
+
+
 def group_count(in_features: int, group_size: int | None) -> int:
     """Number of groups per row; ValueError when `group_size` does not divide `in_features`."""
     if group_size is None:
         return 1
-    if group_size < 1 or in_features % group_size:
+    if not divides(group_size, in_features):
         raise ValueError(f"in_features {in_features} is not divisible by group_size {group_size}")
     return in_features // group_size
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -12,6 +12,9 @@ from sparsequant.oneshot.layerwise import run_layerwise
 from sparsequant.quant.gptq import QuantizedLayer, gptq_quantize_
 from sparsequant.quant.grid import GridSpec
 from sparsequant.sparsity.targets import weight_data_oi
+
+if TYPE_CHECKING:
+    from sparsequant.manifest import QuantizationInfo
 
 
 @dataclass(frozen=True)
@@ -23,10 +26,9 @@ class GPTQSettings:
     block_size: int = 128
 
     @classmethod
-    def from_manifest(cls, section: dict[str, Any]) -> GPTQSettings:
-        """The settings a `quantization` manifest section was made with (to re-quantize the same way)."""
-        return cls(GridSpec(int(section["bits"]), bool(section["symmetric"])), section.get("group_size"),
-                   bool(section.get("act_order", False)))
+    def from_manifest(cls, info: QuantizationInfo) -> GPTQSettings:
+        """The settings a manifest's `quantization` record was made with (to re-quantize the same way)."""
+        return cls(GridSpec(info.bits, info.symmetric), info.group_size, info.act_order)
 
     def describe(self) -> dict[str, Any]:
         return {"method": "gptq", "bits": self.spec.bits, "group_size": self.group_size,

@@ -1,4 +1,4 @@
-"""`quantization.safetensors`: the grids of a fake-quant artifact (design.md §4).
+"""`quantization.safetensors`: the grids of a fake-quant artifact (the artifact layout: sparsequant/artifact.py).
 
 For every quantized Linear NAME: NAME.scale (O, G) fp32, NAME.zero (O, G) int32 and NAME.g_idx (I,)
 int32 (group of each input column); bits, group size and symmetry are in the file's metadata and in
@@ -9,6 +9,7 @@ exactly (code − zero)·scale, so any tool can use them as ordinary dense weigh
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import safe_open
@@ -39,8 +40,17 @@ def grid_layer_names(path: Path) -> set[str]:
         return {key.rsplit(".", 1)[0] for key in handle.keys()}  # noqa: SIM118 (not a dict)
 
 
-def load_grids(path: Path) -> tuple[dict[str, QuantizedLayer], GridSpec, int | None]:
-    """(layers, grid spec, group size or None) from a quantization.safetensors file."""
+class Grids(NamedTuple):
+    """What a quantization.safetensors file holds (unpacks as `layers, spec, group_size`)."""
+
+    layers: dict[str, QuantizedLayer]  # by Linear module name
+    spec: GridSpec
+    group_size: int | None  # None: one grid per output channel
+
+
+def load_grids(path: Path) -> Grids:
+    """The grids of a quantization.safetensors file, spec and group size from its metadata (a standalone
+    read; inside an artifact use `Artifact.grids()`, which checks them against the manifest)."""
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
@@ -50,4 +60,4 @@ def load_grids(path: Path) -> tuple[dict[str, QuantizedLayer], GridSpec, int | N
     layers = {name: QuantizedLayer(scale=tensors[f"{name}.scale"], zero=tensors[f"{name}.zero"].to(torch.float32),
                                    g_idx=tensors[f"{name}.g_idx"], loss=float("nan")) for name in names}
     spec = GridSpec(int(meta["bits"]), meta["symmetric"] == "true")
-    return layers, spec, int(meta["group_size"]) or None
+    return Grids(layers, spec, int(meta["group_size"]) or None)  # the file stores None as "0"

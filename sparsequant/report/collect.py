@@ -79,8 +79,8 @@ def artifact_row(found: Found) -> dict[str, Any]:
         "run": found.run, "artifact": found.path.name, "stage": m.stage.name, "recipe": name,
         "sparsity": m.sparsity.pattern if m.sparsity else "dense",
         "zero_fraction": m.sparsity.zero_fraction if m.sparsity else None,
-        "bits": (m.quantization or {}).get("bits"),
-        "group_size": (m.quantization or {}).get("group_size"),
+        "bits": m.quantization.bits if m.quantization else None,
+        "group_size": m.quantization.group_size if m.quantization else None,
     }
     row |= {f"ppl {key}": value for key, value in metrics.get("perplexity", {}).items()}
     row |= {f"acc {task}": values.get("acc") for task, values in metrics.get("zeroshot", {}).items()}

@@ -67,15 +67,15 @@ class ExportOnnxStage:
         if mode == "auto" and q is None:
             return "float16" if self.config.target == "tensorrt" else "float32"
         if mode == "auto":
-            mode = "int4" if q["bits"] <= 4 else "int8"
+            mode = "int4" if q.bits <= 4 else "int8"
         if mode in ("float16", "w8a8") and q is not None:
             raise StageError(self.name, f"weights: {mode} is for unquantized models; a gptq artifact exports as "
                              "int4/int8 weight-only (weights: auto)")
         if mode in ("int4", "int8"):
             if q is None:
                 raise StageError(self.name, f"weights: {mode} needs a quantized input (run gptq first) or use float32")
-            if (mode == "int4") != (q["bits"] <= 4):
-                raise StageError(self.name, f"weights: {mode} does not match the {q['bits']}-bit grid; use weights: auto")
+            if (mode == "int4") != (q.bits <= 4):
+                raise StageError(self.name, f"weights: {mode} does not match the {q.bits}-bit grid; use weights: auto")
         if mode in ("int4", "int8") and artifact.adapter_dir is not None:
             raise StageError(self.name, "an unmerged adapter moves weights off the grid; use lora merge: requantize")
         if self.config.target == "tensorrt" and mode in ("int4", "int8"):
@@ -148,9 +148,7 @@ class ExportOnnxStage:
         grids = {}
         if mode in ("int4", "int8"):
             from sparsequant.export.quantized import quantize_graph
-            from sparsequant.quant.storage import load_grids
-
-            grids, spec, group_size = load_grids(artifact.quantization_file)
+            grids, spec, group_size = artifact.grids()
             names |= set(grids)
         weights = {n: weight_oi(modules[n]).detach() for n in names}  # (out, in), Conv1D included
         matched = match_layers(graph, weights)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import ClassVar, Literal
 
@@ -11,6 +10,7 @@ from pydantic import Field
 from sparsequant.errors import StageError
 from sparsequant.oneshot.calibration import CalibrationConfig
 from sparsequant.stage import StageConfig, StageContext
+from sparsequant.quant.gptq import group_size_problems
 from sparsequant.stages.common import (
     find_targets,
     layerwise_errors,
@@ -32,21 +32,6 @@ class GPTQConfig(StageConfig):
     include: list[str] | None = None  # None: every linear projection in the decoder layers
     exclude: list[str] = []
     calibration: CalibrationConfig = CalibrationConfig()
-
-
-def group_size_problems(widths: dict[str, int], group_size: int | None) -> str | None:
-    """One sentence naming the layers whose in_features the group size does not divide, and what would."""
-    if group_size is None:
-        return None
-    bad = {name: w for name, w in widths.items() if w % group_size}
-    if not bad:
-        return None
-    common = math.gcd(*widths.values())
-    fits = [g for g in (128, 64, 32, 16) if common % g == 0]
-    shown = ", ".join(f"{n} (in_features {w})" for n, w in list(bad.items())[:3])
-    return (f"group_size {group_size} does not divide the input width of {len(bad)} layer(s): {shown}"
-            f"{' ...' if len(bad) > 3 else ''}. To resolve, use group_size "
-            f"{' or '.join(map(str, fits[:2])) if fits else 'null (per channel)'}, or exclude those layers")
 
 
 class GPTQStage:
@@ -73,6 +58,7 @@ class GPTQStage:
         import torch
 
         from sparsequant.oneshot.calibration import calibration_tokens
+        from sparsequant.manifest import QuantizationInfo
         from sparsequant.quant.grid import GridSpec
         from sparsequant.quant.model import GPTQSettings, gptq_model_
         from sparsequant.quant.storage import FILE_NAME, FORMAT, save_grids
@@ -80,7 +66,7 @@ class GPTQStage:
 
         started, cfg = time.time(), self.config
         if artifact.manifest.quantization is not None:
-            raise StageError(self.name, f"{artifact.path} is already quantized ({artifact.manifest.quantization.get('method')}); "
+            raise StageError(self.name, f"{artifact.path} is already quantized ({artifact.manifest.quantization.method}); "
                              "quantize the unquantized model instead (remove the earlier gptq stage)")
         model, tokenizer = artifact.load_model(ctx.device, dtype=torch.float32, trust_remote_code=ctx.trust_remote_code)
         targets = find_targets(self.name, model, cfg.include, cfg.exclude)
@@ -98,7 +84,7 @@ class GPTQStage:
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         grid_file = ctx.work_dir / FILE_NAME
         save_grids(grid_file, grids, settings.spec, cfg.group_size)
-        quantization = settings.describe() | {"format": FORMAT, "file": FILE_NAME, "layers": len(grids)}
+        quantization = QuantizationInfo(**settings.describe(), format=FORMAT, file=FILE_NAME, layers=len(grids))
         metrics = {"seconds": round(time.time() - started, 2), "peak_rss_mb": peak_rss_mb(),
                    "calibration": cfg.calibration.describe(),
                    "loss_total": round(sum(g.loss for g in grids.values()), 4)}

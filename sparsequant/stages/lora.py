@@ -144,9 +144,7 @@ class LoraStage:
 
     @staticmethod
     def _parent_grids(artifact):
-        from sparsequant.quant.storage import load_grids
-
-        grids, spec, _ = load_grids(artifact.quantization_file)
+        grids, spec, _ = artifact.grids()
         return grids, spec
 
     @staticmethod
@@ -164,7 +162,7 @@ class LoraStage:
                 weight = weight_data_oi(modules[name])  # (out, in), where the grids are defined
                 weight.copy_(quantize_grouped(weight, grid.scale, grid.zero, grid.g_idx, spec).to(weight.dtype))
         grids_file = artifact.quantization_file
-        return ({**artifact.manifest.quantization, "lora_merge": "quant_aware"},
+        return (artifact.manifest.quantization.model_copy(update={"lora_merge": "quant_aware"}),
                 {grids_file.relative_to(artifact.path).as_posix(): grids_file})
 
     def _requantize(self, artifact, model, tokenizer, masks, ctx: StageContext):
@@ -172,11 +170,11 @@ class LoraStage:
         parent's settings) -> (section, files, seconds)."""
         from sparsequant.oneshot.calibration import calibration_tokens
         from sparsequant.quant.model import GPTQSettings, gptq_model_
-        from sparsequant.quant.storage import FILE_NAME, load_grids, save_grids
+        from sparsequant.quant.storage import FILE_NAME, save_grids
 
         started = time.time()
         section = artifact.manifest.quantization
-        old_grids, _, _ = load_grids(artifact.quantization_file)
+        old_grids, _, _ = artifact.grids()
         modules = dict(model.named_modules())
         targets = {name: modules[name] for name in old_grids}
         settings = GPTQSettings.from_manifest(section)
@@ -188,5 +186,6 @@ class LoraStage:
                                 grids_in=fixed)
         grid_file = ctx.work_dir / FILE_NAME
         save_grids(grid_file, grids, settings.spec, settings.group_size)
-        new_section = {**section, "lora_merge": "requantize", "requantize_grids": self.config.requantize_grids}
+        new_section = section.model_copy(update={"lora_merge": "requantize",
+                                                 "requantize_grids": self.config.requantize_grids})
         return new_section, {FILE_NAME: grid_file}, round(time.time() - started, 2)

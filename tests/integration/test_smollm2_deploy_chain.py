@@ -47,7 +47,7 @@ stages:
         assert report.ok and report.layers_checked == 14, outcome.stage_id
     final = result.final
     assert verify_artifact(final).grid_layers_checked == 14
-    assert final.manifest.quantization["lora_merge"] == "requantize"
+    assert final.manifest.quantization.lora_merge == "requantize"
     onnx_report = json.loads((final.path / "exports" / "onnx_report.json").read_text())
     assert onnx_report["nm"]["ok"] and onnx_report["nm"]["layers_found"] == 14
     assert onnx_report["quantized_matmuls"] == 14 and onnx_report["greedy_match"]

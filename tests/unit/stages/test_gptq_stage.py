@@ -41,7 +41,7 @@ def test_sparse_model_stays_exactly_nm_and_on_grid(tmp_path, text_file, pattern)
         assert not torch.any((w != 0) & (before[name] == 0)), name  # no pruned entry came back
         assert not torch.equal(w, before[name]), name  # it was quantized
     q = final.manifest.quantization
-    assert q["bits"] == 4 and q["group_size"] == 32 and q["layers"] == 14 and q["format"] == "fake_quant_dense+qparams"
+    assert q.bits == 4 and q.group_size == 32 and q.layers == 14 and q.format == "fake_quant_dense+qparams"
     # A few kept weights may round to the code of 0; pruned ones never leave it.
     assert final.manifest.sparsity.verified and 1 - n / m <= final.manifest.sparsity.zero_fraction < 1 - n / m + 0.01
     assert final.manifest.metrics["gptq"]["seconds"] > 0 and final.manifest.metrics["gptq"]["peak_rss_mb"] > 0
@@ -66,7 +66,7 @@ def test_logits_of_the_saved_model_equal_the_model_rebuilt_from_its_grids(tmp_pa
 
 def test_dense_model_per_channel_8_bit(tmp_path, text_file):
     final = run(tmp_path, f"  - stage: gptq\n    config: {{bits: 8, group_size: null, {CALIBRATION}}}\n").final
-    assert final.manifest.sparsity is None and final.manifest.quantization["group_size"] is None
+    assert final.manifest.sparsity is None and final.manifest.quantization.group_size is None
     grids, _, _ = load_grids(final.path / "quantization.safetensors")
     assert all(g.scale.shape[1] == 1 for g in grids.values())
     assert grid_failures(final) == ([], 14)

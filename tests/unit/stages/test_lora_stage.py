@@ -69,7 +69,7 @@ def test_quantized_base_stays_on_grid_and_nm(tmp_path, text_file, merge, extra, 
     assert report.ok and report.layers_checked == 14 and report.grid_layers_checked == 14
     assert grid_failures(final) == ([], 14)
     assert final.manifest.metrics["lora"]["merge"] == ("keep" if merge == "keep" else "requantize")
-    assert final.manifest.quantization.get("lora_merge") == recorded
+    assert final.manifest.quantization.lora_merge == recorded
     if "parent" in extra:  # GPTQ of the merge onto the parent's own grids
         from sparsequant.quant.storage import load_grids
 
