@@ -36,10 +36,10 @@ BLOCK, BATCH = 256, 4
 # budgets this CPU allows, the paper's lr cannot move masked weights to zero.
 _KD_LR5 = {"method": "masked_kd", "lr": 5.0e-4}
 _CAST_LR5 = {"method": "cast", "lr": 5.0e-4, "lam": 1.0e-3, "alpha_ramp": 0.5}
-# cast-notes §7: a masked weight travels at most ~Σ lr_t·α_t, so at a fixed token budget CAST wants
+# training/schedule.py: a masked weight travels at most ~Σ lr_t·α_t, so at a fixed token budget CAST wants
 # many small steps (batch 1 × 256 = 4× the steps of 4 × 256); masked KD is run at both batches.
 _B1 = {"batch_size": 1}
-# Faster decay (extensions, cast-notes §7): α at full strength after a quarter of the run and the
+# Faster decay (extensions, training/adams.py): α at full strength after a quarter of the run and the
 # masked entries' step ×10 / ×20, so they reach ~0 early and the rest of the run trains the sparse net.
 _FAST = {"alpha_ramp": 0.25}
 # η = 1 (pure KD) was best on both texts in the 16k-token --tune sweep; the control gets it too.
@@ -85,7 +85,7 @@ METHODS = {
     # Round 5 (§3f): λ at the size of the gradient moment. With λ = 1e-3 (~50× a typical |μ| of ~2e-5 at
     # batch 1) the decay wins from α ≈ 0.02, i.e. about step 10, so every round so far pruned on a fixed
     # sign-step schedule and the gradient never competed (final masks keep ≥ 99 % of the one-shot
-    # magnitude mask); the paper asks for λ "of the same order as typical gradients" (cast-notes §1.4).
+    # magnitude mask); the paper asks for λ "of the same order as typical gradients" (arXiv 2509.25996).
     "cast_eta1_gradv_lr1e-3_warm_lam1e-4_b1": {**_CAST_R3, "lam": 1.0e-4},
     # λ 1e-4 was clearly worse (§3f): at these budgets the sooner the net is sparse, the better. So the
     # other way: the decay at full strength after a tenth of the run with a 10× masked step, and masked

@@ -120,7 +120,7 @@ def load_source(kind: str, path: Path, dtype, trust_remote_code: bool = False):
         raise ArtifactError(f"transformers could not load a causal LM from {path}: {exc}") from exc
     # transformers 5.x tags GGUF-loaded models as quantized (GgufHfQuantizer) and refuses to save
     # them, although the weights were dequantized to plain tensors on load. Clearing the tag on this
-    # instance makes save_pretrained work and round-trips bit-exactly (environment.md §1).
+    # instance makes save_pretrained work and round-trips bit-exactly (tests/unit/test_architectures.py).
     model.hf_quantizer = None
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):

@@ -1,7 +1,7 @@
 """The built-in English corpus, made locally from the running interpreter's own documentation.
 
 Our machines cannot download data sets, yet training and calibration need English text
-(design.md §6). Every Python installation carries some, and nothing has to be imported to read it:
+(sparsequant/eval/perplexity.py). Every Python installation carries some, and nothing has to be imported to read it:
 
 1. the docstrings of the standard library's ``.py`` files, read with `ast`;
 2. the reST sources of the Python documentation, when installed (Debian: ``python3.X-doc``,

@@ -4,7 +4,7 @@
 (out, in) that is the output dimension, so each rank holds whole rows and every N:M group (M
 consecutive inputs of one row) lies inside one shard: masks computed on the local rows equal the
 single-process mask. AdamS is element-wise, so it runs on the local tensors of the parameter, its
-gradient, its moments and its mask, all four sharded identically (cast-notes §1.4: a mask that
+gradient, its moments and its mask, all four sharded identically (AdamS, training/adams.py: a mask that
 does not line up with its shard silently turns AdamS into plain Adam).
 """
 

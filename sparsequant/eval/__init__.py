@@ -1,1 +1,1 @@
-"""Evaluation: perplexity now; zero-shot, size, latency and reports come with later stages."""
+"""Evaluation maths: perplexity (PyTorch and ONNX Runtime), zero-shot (lm-eval), size, latency, scaling law."""

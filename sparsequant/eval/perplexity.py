@@ -1,6 +1,6 @@
 """Perplexity of a causal LM on a text, with non-overlapping fixed-length windows.
 
-Protocol (design.md §6, HF "perplexity of fixed-length models" with stride = seq_len): tokenize
+Protocol (HF "perplexity of fixed-length models" with stride = seq_len): tokenize
 the whole text without special tokens (no BOS), cut it into floor(n / seq_len) windows, drop the
 tail; inside each window token t predicts token t+1, so a window scores seq_len - 1 tokens.
 Perplexity = exp(total NLL / scored tokens).

@@ -2,7 +2,7 @@
 
 transformers 5.17's `decompose_for_generation` captures the model's real prefill/decode calls from a
 short `generate`; we export only the multi-token decode component (dynamic batch, query and past
-axes), which also serves as the prefill when given an empty cache (environment.md §6). The sample
+axes), which also serves as the prefill when given an empty cache (tests/unit/export/test_onnx_export.py checks both). The sample
 batch must have 2 rows of different lengths, or the batch axis is specialised to 1.
 """
 

@@ -1,6 +1,6 @@
 """Masked LoRA: the effective weight is W + (B·A·s) ⊙ M, with M the base weight's non-zero pattern.
 
-A plain peft merge writes the dense product B·A into W and erases 2:4 (environment.md §1: zero
+A plain peft merge writes the dense product B·A into W and erases 2:4 (tests/unit/lora/test_masked_lora.py: zero
 fraction 0.50 -> 0.00). Here the update itself is masked, so training, the unmerged model and the
 merge all see the same N:M weight, and `merge_and_unload` keeps the pattern exactly (0 + 0 = 0).
 

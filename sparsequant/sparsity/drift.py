@@ -1,6 +1,6 @@
 """How far training moved an N:M mask away from the one-shot magnitude mask of its input model.
 
-CAST's case for itself (cast-notes §1.1) is that its mask keeps adapting while masked weights shrink;
+CAST's case for itself (arXiv 2509.25996, §1) is that its mask keeps adapting while masked weights shrink;
 the masked-KD control never moves its mask. This measures what a run actually did.
 """
 

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from sparsequant.data.sources import DataConfig
 from sparsequant.errors import StageError
+from sparsequant.export.checks import export_problems, parity_report
 from sparsequant.oneshot.calibration import CalibrationConfig
 from sparsequant.stage import StageConfig, StageContext
 from sparsequant.stages.common import peak_rss_mb, write_model_artifact
@@ -42,6 +43,34 @@ class ExportOnnxConfig(StageConfig):
         return set() if self.weights == "w8a8" else {"calibration"}
 
 
+def weights_mode(config: ExportOnnxConfig, artifact, stage: str = "export_onnx") -> str:
+    """The `weights` setting resolved for this input (auto -> float32/float16/int4/int8); StageError when
+    it does not fit the input (quantized or not, grid bits, TensorRT's rules for quantized weights)."""
+    q = artifact.manifest.quantization
+    mode = config.weights
+    if mode == "auto" and q is None:
+        return "float16" if config.target == "tensorrt" else "float32"
+    if mode == "auto":
+        mode = "int4" if q.bits <= 4 else "int8"
+    if mode in ("float16", "w8a8") and q is not None:
+        raise StageError(stage, f"weights: {mode} is for unquantized models; a gptq artifact exports as "
+                         "int4/int8 weight-only (weights: auto)")
+    if mode in ("int4", "int8"):
+        if q is None:
+            raise StageError(stage, f"weights: {mode} needs a quantized input (run gptq first) or use float32")
+        if (mode == "int4") != (q.bits <= 4):
+            raise StageError(stage, f"weights: {mode} does not match the {q.bits}-bit grid; use weights: auto")
+    if mode in ("int4", "int8") and artifact.adapter_dir is not None:
+        raise StageError(stage, "an unmerged adapter moves weights off the grid; use lora merge: requantize")
+    if config.target == "tensorrt" and mode in ("int4", "int8"):
+        from sparsequant.export.trt_check import quantized_export_problem
+
+        problem = quantized_export_problem(q)
+        if problem:
+            raise StageError(stage, problem)
+    return mode
+
+
 class ExportOnnxStage:
     """Export the model to `exports/model.onnx` (+ `.data`), verify it in ONNX Runtime, report N:M.
 
@@ -61,36 +90,11 @@ class ExportOnnxStage:
     def __init__(self, config: ExportOnnxConfig):
         self.config = config
 
-    def _weights_mode(self, artifact) -> str:
-        q = artifact.manifest.quantization
-        mode = self.config.weights
-        if mode == "auto" and q is None:
-            return "float16" if self.config.target == "tensorrt" else "float32"
-        if mode == "auto":
-            mode = "int4" if q.bits <= 4 else "int8"
-        if mode in ("float16", "w8a8") and q is not None:
-            raise StageError(self.name, f"weights: {mode} is for unquantized models; a gptq artifact exports as "
-                             "int4/int8 weight-only (weights: auto)")
-        if mode in ("int4", "int8"):
-            if q is None:
-                raise StageError(self.name, f"weights: {mode} needs a quantized input (run gptq first) or use float32")
-            if (mode == "int4") != (q.bits <= 4):
-                raise StageError(self.name, f"weights: {mode} does not match the {q.bits}-bit grid; use weights: auto")
-        if mode in ("int4", "int8") and artifact.adapter_dir is not None:
-            raise StageError(self.name, "an unmerged adapter moves weights off the grid; use lora merge: requantize")
-        if self.config.target == "tensorrt" and mode in ("int4", "int8"):
-            from sparsequant.export.trt_check import quantized_export_problem
-
-            problem = quantized_export_problem(q)
-            if problem:
-                raise StageError(self.name, problem)
-        return mode
-
     def run(self, artifact, ctx: StageContext):
         from sparsequant.export.onnx_export import export_decoder
 
         started, cfg = time.time(), self.config
-        mode = self._weights_mode(artifact)
+        mode = weights_mode(cfg, artifact, self.name)
         model, tokenizer = artifact.load_model("cpu", trust_remote_code=ctx.trust_remote_code)
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()  # masked adapter: the merge is exact N:M
@@ -100,7 +104,8 @@ class ExportOnnxStage:
         try:
             graph_report, fake_quant = self._finish_graph(artifact, model, tokenizer, path, mode, ctx)
             with fake_quant(model):  # W8A8: compare with the same arithmetic in PyTorch
-                report = {"weights": mode, **graph_report, **self._check(model, tokenizer, path)}
+                report = {"weights": mode, **graph_report,
+                          **parity_report(model, tokenizer, path, cfg.prompt, cfg.greedy_tokens)}
         except StageError:
             raise
         except Exception as exc:  # ORT, onnx and the quantizer raise many types: one paragraph, no traceback
@@ -165,7 +170,11 @@ class ExportOnnxStage:
             save_graph(convert_float_to_float16(graph, keep_io_types=False, disable_shape_infer=True), path)
             graph = load_graph(path)
         elif mode == "w8a8":
-            graph, reference, dequantized = self._w8a8(graph, matched, tokenizer, path, ctx)
+            from sparsequant.export.checks import w8a8_graph
+            from sparsequant.oneshot.calibration import calibration_tokens
+
+            tokens = calibration_tokens(self.config.calibration, tokenizer, ctx.base_dir, ctx.seed)
+            graph, reference, dequantized = w8a8_graph(graph, matched, tokens, path)
         out: dict[str, Any] = {"matmul_weights_matched": len(matched), "quantized_matmuls": len(dequantized),
                                "target": self.config.target}
         info = artifact.manifest.sparsity
@@ -182,57 +191,10 @@ class ExportOnnxStage:
                                           info.pattern if info else "2:4")
         return out, (reference if mode == "w8a8" else lambda _model: contextlib.nullcontext())
 
-    def _w8a8(self, graph, matched, tokenizer, path, ctx: StageContext):
-        """Quantize the target MatMuls with ORT's static QDQ quantizer; returns (graph, reference, weights)."""
-        from sparsequant.export.onnx_export import load_graph, save_graph
-        from sparsequant.export.ort_decoder import OrtDecoder
-        from sparsequant.export.w8a8 import calibration_feeds, fake_quant_w8a8, matmul_nodes_of, quantize_w8a8, read_qdq
-        from sparsequant.oneshot.calibration import calibration_tokens
-
-        nodes = matmul_nodes_of(graph, matched)
-        tokens = calibration_tokens(self.config.calibration, tokenizer, ctx.base_dir, ctx.seed)
-        staging = path.with_name("w8a8_staging.onnx")
-        quantize_w8a8(path, staging, sorted(nodes.values()), calibration_feeds(OrtDecoder(path), tokens))
-        save_graph(load_graph(staging), path)  # back under the standard name, weights in model.onnx.data
-        for leftover in path.parent.glob("w8a8_staging*"):
-            leftover.unlink()
-        graph = load_graph(path)
-        layers = read_qdq(graph, nodes)
-        return graph, (lambda model: fake_quant_w8a8(model, layers)), {n: q.weight for n, q in layers.items()}
-
-    def _check(self, model, tokenizer, path) -> dict[str, Any]:
-        from sparsequant.export.onnx_check import greedy_comparison, logits_deltas
-        from sparsequant.export.ort_decoder import OrtDecoder
-
-        exact = logits_deltas(model, tokenizer, OrtDecoder(path, fuse=False))
-        decoder = OrtDecoder.validated(path)  # all fusions, fp32 activations: what evaluate times and scores
-        fused = logits_deltas(model, tokenizer, decoder)
-        default = logits_deltas(model, tokenizer, OrtDecoder(path))  # ORT as shipped: int4 kernels, int8 activations
-        report: dict[str, Any] = exact | {f"fused_{k}": v for k, v in fused.items()} \
-            | {f"ort_default_{k}": v for k, v in default.items()}
-        if self.config.greedy_tokens:
-            greedy = greedy_comparison(model, tokenizer, decoder, self.config.prompt, self.config.greedy_tokens)
-            report |= {"greedy_match": greedy["greedy_match"], "greedy": greedy}
-        return report
-
     def _enforce(self, report: dict[str, Any]) -> None:
-        worst = max(report["prefill_max_abs_diff"], report["decode_max_abs_diff"])
-        fused = max(report["fused_prefill_max_abs_diff"], report["fused_decode_max_abs_diff"])
-        tolerance = self.config.tolerance or {"float16": 0.25, "w8a8": 0.05}.get(report["weights"], 1e-3)
-        problems = []
-        if worst > tolerance:
-            problems.append(f"max |Δlogits| {worst:.3g} vs PyTorch exceeds tolerance {tolerance:g}")
-        if fused > tolerance:
-            problems.append(f"with ORT's fused kernels (fp32 activations) max |Δlogits| {fused:.3g} exceeds "
-                            f"tolerance {tolerance:g}")
-        if self.config.require_greedy_match and report.get("greedy_match") is False:
-            problems.append("greedy tokens from ONNX Runtime differ from model.generate")
-        if "nm" in report and not report["nm"]["ok"]:
-            problems.append(f"the graph's weights are not {report['nm']['pattern']}: {report['nm']}")
-        if self.config.target == "tensorrt":
-            from sparsequant.export.trt_check import parser_problems
-
-            problems += parser_problems(report["tensorrt"])
+        cfg = self.config
+        tolerance = cfg.tolerance or {"float16": 0.25, "w8a8": 0.05}.get(report["weights"], 1e-3)
+        problems = export_problems(report, tolerance, cfg.require_greedy_match, cfg.target)
         if problems:
             raise StageError(self.name, "; ".join(problems) + ". The report is in the stage's work directory "
                              "(exports/onnx_report.json); raise `tolerance` only if the difference is expected")

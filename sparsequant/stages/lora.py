@@ -19,6 +19,25 @@ from sparsequant.stages.common import (
 )
 
 
+def merge_mode(config: LoraStageConfig, artifact, stage: str = "lora") -> str:
+    """`merge` resolved for this input (None -> requantize if quantized, else merge); StageError when it
+    does not fit (a merge that would leave the grid, an input that already holds an adapter)."""
+    quantized = artifact.manifest.quantization is not None
+    mode = config.merge or ("requantize" if quantized else "merge")
+    if mode == "merge" and quantized:
+        raise StageError(stage, "merge: merge on a quantized model would move weights off their grid; "
+                         "use merge: requantize or merge: keep")
+    if mode == "requantize" and not quantized:
+        raise StageError(stage, "merge: requantize needs a quantized input (a gptq stage before lora); "
+                         "use merge: merge")
+    if artifact.adapter_dir is not None:
+        raise StageError(stage, f"{artifact.path} already holds an unmerged adapter; run lora on a merged model")
+    if config.quant_aware and mode != "requantize":
+        raise StageError(stage, f"quant_aware: true trains through the quantization grid for merge: requantize; "
+                         f"it does not apply to merge: {mode} (remove quant_aware or set merge: requantize)")
+    return mode
+
+
 @dataclass
 class Adapted:
     """The input model wrapped for masked LoRA, and what its merge needs."""
@@ -58,22 +77,6 @@ class LoraStage:
     def __init__(self, config: LoraStageConfig):
         self.config = config
 
-    def _merge_mode(self, artifact) -> str:
-        quantized = artifact.manifest.quantization is not None
-        mode = self.config.merge or ("requantize" if quantized else "merge")
-        if mode == "merge" and quantized:
-            raise StageError(self.name, "merge: merge on a quantized model would move weights off their grid; "
-                             "use merge: requantize or merge: keep")
-        if mode == "requantize" and not quantized:
-            raise StageError(self.name, "merge: requantize needs a quantized input (a gptq stage before lora); "
-                             "use merge: merge")
-        if artifact.adapter_dir is not None:
-            raise StageError(self.name, f"{artifact.path} already holds an unmerged adapter; run lora on a merged model")
-        if self.config.quant_aware and mode != "requantize":
-            raise StageError(self.name, f"quant_aware: true trains through the quantization grid for merge: requantize; "
-                             f"it does not apply to merge: {mode} (remove quant_aware or set merge: requantize)")
-        return mode
-
     def _quant_aware(self, mode: str) -> bool:
         return mode == "requantize" and self.config.quant_aware
 
@@ -91,7 +94,7 @@ class LoraStage:
         torch.manual_seed(ctx.seed)
         peft_model = wrap_masked_lora(model, masked_lora_config(cfg.rank, cfg.alpha, cfg.dropout, sorted(targets)))
         set_update_masks(peft_model, masks)
-        grids, spec = self._parent_grids(artifact) if quant_aware else (None, None)
+        grids, spec, _ = artifact.grids() if quant_aware else (None, None, None)
         if quant_aware:
             set_update_grids(peft_model, grids, spec)
         return Adapted(peft_model, tokenizer, targets, masks, grids, spec)
@@ -100,7 +103,7 @@ class LoraStage:
         from sparsequant.lora.train import train_lora
 
         started, cfg = time.time(), self.config
-        mode = self._merge_mode(artifact)
+        mode = merge_mode(cfg, artifact, self.name)
         quant_aware = self._quant_aware(mode)
         adapted = self._adapted_model(artifact, ctx, quant_aware)
         report = train_lora(adapted.peft_model, adapted.tokenizer, artifact, cfg, ctx,
@@ -118,14 +121,15 @@ class LoraStage:
             extra |= self._saved_adapter(peft_model, ctx)
             model = peft_model.unload()  # the base, untouched
             if artifact.manifest.quantization:
-                grids = artifact.quantization_file
-                extra[grids.relative_to(artifact.path).as_posix()] = grids
+                extra |= _parent_grid_file(artifact)
         else:
             model = peft_model.merge_and_unload()
             if quant_aware:
-                sections["quantization"], extra_q = self._snap_to_parent_grids(artifact, model, adapted.grids,
-                                                                              adapted.spec)
-                extra |= extra_q
+                from sparsequant.lora.merge import snap_to_grids_
+
+                snap_to_grids_(model, adapted.grids, adapted.spec)
+                sections["quantization"] = artifact.manifest.quantization.model_copy(update={"lora_merge": "quant_aware"})
+                extra |= _parent_grid_file(artifact)
             elif mode == "requantize":
                 sections["quantization"], extra_q, metrics["requantize_s"] = self._requantize(
                     artifact, model, tokenizer, adapted.masks, ctx)
@@ -142,50 +146,26 @@ class LoraStage:
         peft_model.save_pretrained(str(target))
         return {f"{ADAPTER_DIR}/{f.name}": f for f in sorted(target.iterdir()) if f.is_file() and f.suffix != ".md"}
 
-    @staticmethod
-    def _parent_grids(artifact):
-        grids, spec, _ = artifact.grids()
-        return grids, spec
-
-    @staticmethod
-    def _snap_to_parent_grids(artifact, model, grids, spec) -> tuple[dict, dict]:
-        """The merge wrote W + (Q(W + ΔW) − W) in fp32, which can sit one ulp off Q(W + ΔW); rounding
-        onto the same fixed grid again puts every weight exactly on it (a no-op beyond that ulp)."""
-        import torch
-
-        from sparsequant.quant.grid import quantize_grouped
-        from sparsequant.sparsity.targets import weight_data_oi
-
-        modules = dict(model.named_modules())
-        with torch.no_grad():
-            for name, grid in grids.items():
-                weight = weight_data_oi(modules[name])  # (out, in), where the grids are defined
-                weight.copy_(quantize_grouped(weight, grid.scale, grid.zero, grid.g_idx, spec).to(weight.dtype))
-        grids_file = artifact.quantization_file
-        return (artifact.manifest.quantization.model_copy(update={"lora_merge": "quant_aware"}),
-                {grids_file.relative_to(artifact.path).as_posix(): grids_file})
-
     def _requantize(self, artifact, model, tokenizer, masks, ctx: StageContext):
-        """Mask-preserving GPTQ of the merged layers, onto the parent's grids (or refitted ones with the
-        parent's settings) -> (section, files, seconds)."""
+        """Mask-preserving GPTQ of the merged layers (lora/merge.py) -> (section, files, seconds)."""
+        from sparsequant.lora.merge import requantize_merged_
         from sparsequant.oneshot.calibration import calibration_tokens
-        from sparsequant.quant.model import GPTQSettings, gptq_model_
+        from sparsequant.quant.model import GPTQSettings
         from sparsequant.quant.storage import FILE_NAME, save_grids
 
-        started = time.time()
-        section = artifact.manifest.quantization
-        old_grids, _, _ = artifact.grids()
-        modules = dict(model.named_modules())
-        targets = {name: modules[name] for name in old_grids}
+        started, cfg, section = time.time(), self.config, artifact.manifest.quantization
         settings = GPTQSettings.from_manifest(section)
-        tokens = calibration_tokens(self.config.requantize_calibration, tokenizer, ctx.base_dir, ctx.seed)
-        fixed = old_grids if self.config.requantize_grids == "parent" else None
+        tokens = calibration_tokens(cfg.requantize_calibration, tokenizer, ctx.base_dir, ctx.seed)
         with layerwise_errors(self.name):
-            grids = gptq_model_(model, targets, {n: masks[n] for n in targets if n in masks}, settings, tokens,
-                                batch_size=self.config.requantize_calibration.batch_size, progress=ctx.progress,
-                                grids_in=fixed)
-        grid_file = ctx.work_dir / FILE_NAME
-        save_grids(grid_file, grids, settings.spec, settings.group_size)
-        new_section = section.model_copy(update={"lora_merge": "requantize",
-                                                 "requantize_grids": self.config.requantize_grids})
-        return new_section, {FILE_NAME: grid_file}, round(time.time() - started, 2)
+            grids = requantize_merged_(model, masks, artifact.grids().layers, settings, tokens,
+                                       cfg.requantize_grids == "parent", cfg.requantize_calibration.batch_size,
+                                       ctx.progress)
+        save_grids(ctx.work_dir / FILE_NAME, grids, settings.spec, settings.group_size)
+        new_section = section.model_copy(update={"lora_merge": "requantize", "requantize_grids": cfg.requantize_grids})
+        return new_section, {FILE_NAME: ctx.work_dir / FILE_NAME}, round(time.time() - started, 2)
+
+
+def _parent_grid_file(artifact) -> dict:
+    """The parent's grids file, carried over unchanged (artifact-relative name -> path)."""
+    grids = artifact.quantization_file
+    return {grids.relative_to(artifact.path).as_posix(): grids}

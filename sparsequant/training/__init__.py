@@ -1,4 +1,4 @@
-"""CAST training pieces (pure torch): AdamS, weight scales, distillation loss, schedules."""
+"""CAST training: AdamS, weight scales, distillation, schedules (pure torch); configs, tasks and the loop."""
 
 from sparsequant.training.adams import AdamS, masked_weight_fraction
 from sparsequant.training.distill import DistillLoss, distillation_loss

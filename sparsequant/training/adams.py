@@ -1,4 +1,4 @@
-"""AdamS: the sparsity-aware Adam of CAST (arXiv 2509.25996, Eq. 7-8; cast-notes §1.4).
+"""AdamS: the sparsity-aware Adam of CAST (arXiv 2509.25996, Eq. 7-8).
 
 For a weight θ with a boolean N:M mask m (True = kept), one step is::
 
@@ -15,7 +15,7 @@ weight into about lr·sign(θ): the total distance it can travel is about Σ lr_
 (g into both moments), identical to `torch.optim.Adam(weight_decay=0)`.
 
 State is fp32 whatever the parameter dtype: with λ ~ 1e-7 the per-step decay is far below bf16
-resolution (cast-notes §1.4), so keep master weights in fp32 too.
+resolution, so keep master weights in fp32 too.
 
 Under FSDP2 the parameters are DTensors sharded along dim 0; the moments and masks are created
 and stored as DTensors sharded the same way (so torch.distributed.checkpoint saves them sharded),
@@ -50,9 +50,9 @@ class AdamS(torch.optim.Optimizer):
         lr: learning rate γ.
         betas: (β1, β2) for the first and second moments.
         eps: ε added to sqrt(v^) in the denominator.
-        lam: decay coefficient λ; same order as typical gradients (cast-notes §1.4).
+        lam: decay coefficient λ; same order as typical gradients (the paper's guidance).
         alpha: mixing weight α_t in [0, 1]; 0 gives no decay.
-        masked_lr_scale: extension beyond the paper (cast-notes §7), 1.0 = the paper. Multiplies
+        masked_lr_scale: extension beyond the paper (benchmarks/README.md §3f), 1.0 = the paper. Multiplies
             the step of masked entries only, so on a short run they can travel to zero (about
             Σ lr·α·scale) without a larger step on the kept weights.
         kept_second_moment: ``"momentum"`` (the paper's Alg. 1: v from μ² on kept entries) or
@@ -159,8 +159,6 @@ class AdamS(torch.optim.Optimizer):
         return loss
 
     def _group_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
-        beta1, beta2 = group["betas"]
-        alpha, lam = float(group["alpha"]), float(group["lam"])
         for p in params:
             if p.grad.is_sparse:
                 raise RuntimeError("AdamS does not support sparse gradients")
@@ -180,62 +178,64 @@ class AdamS(torch.optim.Optimizer):
         exp_avg_sqs = [local(s["exp_avg_sq"]) for s in states]
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1.0)
+        masks = [local(s["mask"]) if "mask" in s else None for s in states]  # (out, in) bool, or None: plain Adam
+        numerators = self._numerators(group, work, grads, exp_avgs, exp_avg_sqs, masks)
+        del grads
+        self._apply_update(group, work, numerators, exp_avg_sqs, steps, masks)
+        for shard, w in zip(shards, work, strict=True):
+            if w is not shard:
+                shard.copy_(w)
 
+    @staticmethod
+    def _numerators(group: dict[str, Any], work: list[torch.Tensor], grads: list[torch.Tensor],
+                    exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
+                    masks: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        """Update μ and v in place; return each param's step numerator (μ, or μ~ for masked params)."""
+        beta1, beta2 = group["betas"]
         # μ ← β1·μ + (1-β1)·g for every param (the same lerp as torch.optim.Adam).
         torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
-
-        is_masked = ["mask" in s for s in states]
-        plain = [i for i, m in enumerate(is_masked) if not m]
-        masked = [i for i, m in enumerate(is_masked) if m]
-        numerators: list[torch.Tensor | None] = [None] * len(params)
+        plain = [i for i, m in enumerate(masks) if m is None]
+        masked = [i for i, m in enumerate(masks) if m is not None]
+        numerators: list[torch.Tensor | None] = [None] * len(work)
         if plain:  # plain Adam: v ← β2·v + (1-β2)·g², numerator μ
             g_plain = [grads[i] for i in plain]
-            sq_plain = [exp_avg_sqs[i] for i in plain]
-            torch._foreach_addcmul_(sq_plain, g_plain, g_plain, 1.0 - beta2)
+            torch._foreach_addcmul_([exp_avg_sqs[i] for i in plain], g_plain, g_plain, 1.0 - beta2)
             for i in plain:
                 numerators[i] = exp_avgs[i]
         if masked:
-            mus = [exp_avgs[i] for i in masked]
-            if alpha == 0.0:
-                tilde = mus  # μ~ = μ exactly; skip the sign temporaries
-            else:
-                masks = [local(states[i]["mask"]) for i in masked]
-                # μ~ = μ + α·(1-m)·(λ·sign θ - μ): equals μ on kept entries and
-                # (1-α)·μ + α·λ·sign θ on masked ones. One fp32 temporary per param, (out, in).
-                tilde = torch._foreach_sign([work[i] for i in masked])
-                torch._foreach_mul_(tilde, alpha * lam)
-                torch._foreach_add_(tilde, mus, alpha=-alpha)  # α·(λ·sign θ - μ)
-                torch._foreach_addcmul_(tilde, tilde, masks, value=-1.0)  # zero the kept entries
-                torch._foreach_add_(tilde, mus)
+            tilde = _mixed_momentum(group, [work[i] for i in masked], [exp_avgs[i] for i in masked],
+                                    [masks[i] for i in masked])
             if group.get("kept_second_moment", "momentum") == "gradient":
                 for i, t in zip(masked, tilde, strict=True):  # v from g² on kept, μ~² on masked entries
-                    v_in = torch.where(local(states[i]["mask"]), grads[i], t)  # (out, in) temporary
+                    v_in = torch.where(masks[i], grads[i], t)  # (out, in) temporary
                     exp_avg_sqs[i].addcmul_(v_in, v_in, value=1.0 - beta2)
             else:  # v ← β2·v + (1-β2)·μ~² on every entry of a masked param (kept ones get μ², Eq. 8)
                 torch._foreach_addcmul_([exp_avg_sqs[i] for i in masked], tilde, tilde, 1.0 - beta2)
             scale = float(group.get("masked_lr_scale", 1.0))
             for i, t in zip(masked, tilde, strict=True):
                 # After v is built from the unscaled μ~: the scale changes the step, not Adam's statistics.
-                numerators[i] = t if scale == 1.0 else torch.where(local(states[i]["mask"]), t, t * scale)
-        del grads
+                numerators[i] = t if scale == 1.0 else torch.where(masks[i], t, t * scale)
+        return numerators
 
-        # θ ← θ - lr/(1-β1^t) · num / (sqrt(v)/sqrt(1-β2^t) + ε), written as in torch.optim.Adam.
+    @staticmethod
+    def _apply_update(group: dict[str, Any], work: list[torch.Tensor], numerators: list[torch.Tensor],
+                      exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor],
+                      masks: list[torch.Tensor | None]) -> None:
+        """θ ← θ - lr/(1-β1^t) · num / (sqrt(v)/sqrt(1-β2^t) + ε), written as in torch.optim.Adam."""
+        beta1, beta2 = group["betas"]
         step_size = [-group["lr"] / (1.0 - beta1 ** s.item()) for s in steps]
         bc2_sqrt = [(1.0 - beta2 ** s.item()) ** 0.5 for s in steps]
         denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denom, bc2_sqrt)
         torch._foreach_add_(denom, group["eps"])
-        stop = [i for i in masked if group.get("stop_at_zero", False)]
+        stop = [i for i, m in enumerate(masks) if m is not None and group.get("stop_at_zero", False)]
         signs_before = {i: work[i].sign().to(torch.int8) for i in stop}  # 1 byte per entry
         torch._foreach_addcdiv_(work, numerators, denom, step_size)
         for i in stop:  # masked entries whose sign flipped rest at 0 (one at 0 may leave it: no flip)
             crossed = (work[i].sign().to(torch.int8) * signs_before.pop(i) < 0)
-            crossed &= ~local(states[i]["mask"])
+            crossed &= ~masks[i]
             work[i].masked_fill_(crossed, 0.0)
-        for shard, w in zip(shards, work, strict=True):
-            if w is not shard:
-                shard.copy_(w)
 
     def _fused_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         """The masked params of `group`, one compiled kernel call each (`fused.adams_masked_update_`)."""
@@ -305,6 +305,20 @@ class AdamS(torch.optim.Optimizer):
                 self.state[param][key] = value.to(device=param.device, dtype=_STATE_DTYPES[key])
 
 
+def _mixed_momentum(group: dict[str, Any], work: list[torch.Tensor], mus: list[torch.Tensor],
+                    masks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """μ~ = μ + α·(1-m)·(λ·sign θ - μ) (Eq. 7): μ on kept entries, (1-α)·μ + α·λ·sign θ on masked ones."""
+    alpha, lam = float(group["alpha"]), float(group["lam"])
+    if alpha == 0.0:
+        return mus  # μ~ = μ exactly; skip the sign temporaries
+    tilde = torch._foreach_sign(work)  # one fp32 temporary per param, (out, in)
+    torch._foreach_mul_(tilde, alpha * lam)
+    torch._foreach_add_(tilde, mus, alpha=-alpha)  # α·(λ·sign θ - μ)
+    torch._foreach_addcmul_(tilde, tilde, masks, value=-1.0)  # zero the kept entries
+    torch._foreach_add_(tilde, mus)
+    return tilde
+
+
 def _check_alpha(alpha: float) -> None:
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha (α_t) must be in [0, 1], got {alpha}")
@@ -318,7 +332,7 @@ def masked_weight_fraction(
     """Fraction of the total |W| mass that sits in masked (mask False) entries.
 
     It measures how far CAST has moved the weights a hard prune will remove: about 0.25 for a
-    fresh 2:4 magnitude mask on SmolLM2, ~0 when the decay has done its work (cast-notes §7).
+    fresh 2:4 magnitude mask on SmolLM2, ~0 when the decay has done its work (benchmarks/README.md §3f).
 
     Args:
         params_with_masks: ``(weight, keep_mask)`` pairs, e.g. `AdamS.masked_params()`. Use the raw

@@ -1,4 +1,4 @@
-"""Logit distillation loss of CAST (Eq. 13; cast-notes §1.6).
+"""Logit distillation loss of CAST (arXiv 2509.25996, Eq. 13).
 
     L = η · KL(p_teacher ‖ p_student) · T² + (1 - η) · CE(labels, p_student)
 

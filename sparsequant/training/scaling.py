@@ -1,4 +1,4 @@
-"""Learnable per-row, per-column-block weight scales (CAST Eq. 11-12; cast-notes §1.5).
+"""Learnable per-row, per-column-block weight scales (CAST, arXiv 2509.25996, Eq. 11-12).
 
 The decay of masked entries shrinks each row's output; a few learnable scales let the model make
 up for it without inflating every kept weight. For a Linear weight W of shape (R, C) and n

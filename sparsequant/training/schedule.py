@@ -1,8 +1,8 @@
-"""Learning-rate and α schedules for CAST, and the decay-travel budget (cast-notes §1.4, §1.8, §7).
+"""Learning-rate and α schedules for CAST (arXiv 2509.25996), and the decay-travel budget.
 
 Steps are 0-based optimizer steps t = 0 .. total_steps-1, as in the paper's Alg. 1, so
 α_0 = 0 (the first step is pure Adam). The paper gives only a peak LR; constant is the literal
-reading, cosine with a floor is AST's habit (cast-notes §1.8), hence both are offered.
+reading, cosine with a floor is the usual LLM fine-tuning schedule (AST's too), hence both are offered.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def alpha_at(step: int, total_steps: int, ramp_fraction: float = 1.0) -> float:
     """Decay mixing weight α_t = min(1, t / (ramp_fraction · T)) of Eq. 7.
 
     ``ramp_fraction = 1`` is the paper's α_t = t/T. A smaller value reaches full decay earlier, an
-    extension off by default (cast-notes §7) that lengthens the time spent at α = 1.
+    extension off by default (benchmarks/README.md §3f) that lengthens the time spent at α = 1.
 
     Args:
         step: 0-based step index t, >= 0.
@@ -96,7 +96,7 @@ def decay_travel_bound(
     """Σ_t γ_t·α_t: about the largest distance a masked weight can travel toward zero.
 
     Once α_t·λ dominates the momentum, AdamS moves a masked weight by about γ_t per step
-    (cast-notes §1.4 (a)), weighted here by α_t. If this is below typical masked |W| (e.g. their
+    (the paper's decay step, Eq. 7), weighted here by α_t. If this is below typical masked |W| (e.g. their
     90th percentile), the final hard prune is close to a one-shot magnitude prune (§7).
 
     Args:
@@ -120,7 +120,7 @@ def decay_travel_bound(
 def recommended_steps(q90_masked_abs: float, lr: float) -> int:
     """Steps needed for the travel bound γ·T/2 to reach the masked weights' 90th-percentile |W|.
 
-    T ≥ 2·q90/γ for a constant LR and α_t = t/T (cast-notes §7: about 3,200 steps for SmolLM2
+    T ≥ 2·q90/γ for a constant LR and α_t = t/T (tests/unit/training/test_schedule.py: about 3,200 steps for SmolLM2
     at γ = 1e-4). A decaying LR needs more.
 
     Args:

@@ -1,4 +1,4 @@
-"""AdamS against a per-element float64 reference of cast-notes §1.4 Eq. 7-8, and against Adam."""
+"""AdamS against a per-element float64 reference of arXiv 2509.25996 Eq. 7-8, and against Adam."""
 
 from __future__ import annotations
 

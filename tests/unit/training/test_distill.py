@@ -1,4 +1,4 @@
-"""Distillation loss (cast-notes §1.6) against an explicit float64 softmax/log reference."""
+"""Distillation loss (arXiv 2509.25996, Eq. 13) against an explicit float64 softmax/log reference."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Weight scales (cast-notes §1.5): formula, gradients, fold invariance, exact N:M after folding."""
+"""Weight scales (arXiv 2509.25996, Eq. 11-12): formula, gradients, fold invariance, exact N:M after folding."""
 
 from __future__ import annotations
 
