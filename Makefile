@@ -23,7 +23,7 @@ model: $(VENV)/.installed
 # pipelines/cast_smollm2.yaml and the CAST benchmarks: runs/corpora/austen_{train,heldout}.txt.
 corpus: $(VENV)/.installed
 	$(PY) -m pip install -q rdata==1.1.0
-	$(PY) benchmarks/austen_corpus.py --out-dir runs/corpora
+	$(PY) benchmarks/tools/austen_corpus.py --out-dir runs/corpora
 
 quickstart: setup
 	$(SQ) run pipelines/quickstart.yaml

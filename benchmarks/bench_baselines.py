@@ -8,7 +8,7 @@ Each method runs in its own process (so its peak RSS is its own) as an ordinary 
 import -> [prune | cast] -> evaluate(wiki) -> evaluate(builtin held-out). llm-compressor's
 SparseGPTModifier runs on the *same* calibration token blocks as ours (drawn with our
 `calibration_tokens`), writes a model directory, and that directory is evaluated by the same pipeline.
-Results: benchmarks/results/baselines.json, markdown rows on stdout, and a bar chart PNG.
+Results: benchmarks/results/sparsifiers/baselines_oneshot.json, markdown rows on stdout, and a bar chart PNG.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--only", help="run one method in this process and write its row")
     parser.add_argument("--methods", nargs="*", default=ONE_SHOT + list(TRAINED))
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "bench_baselines"))
-    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "baselines.json"))
+    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "sparsifiers" / "baselines_oneshot.json"))
     args = parser.parse_args()
     out = Path(args.out_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

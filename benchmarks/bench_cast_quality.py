@@ -6,7 +6,7 @@ Usage:
   .venv/bin/python benchmarks/bench_cast_quality.py --tune 16384  # λ, η, lr one at a time around the lr-5e-4 CAST
   .venv/bin/python benchmarks/bench_cast_quality.py --budgets 131072 --methods masked_kd_lr5e-4 cast_lr5e-4
   .venv/bin/python benchmarks/bench_cast_quality.py --existing --budgets 65536 --methods cast_eta1_b1 \
-      --include-json benchmarks/results/cast_quality_round2.json   # finished runs + an earlier round's rows
+      --include-json benchmarks/results/cast_vs_masked_kd/cast_quality_round2.json   # finished runs + an earlier round's rows
   .venv/bin/python benchmarks/bench_cast_quality.py --budgets --include-json ROWS.json \
       --full-file RUN@TOKENS=EVAL.json ...   # + a plot with `sparsequant eval --json` full-file WikiText results
 
@@ -28,10 +28,10 @@ from sparsequant.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 WIKI = REPO.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
-FOUNDATION = REPO / "benchmarks" / "results" / "foundation_quality.json"  # §1: dense and magnitude, full file
+FOUNDATION = REPO / "benchmarks" / "results" / "foundation" / "foundation_quality.json"  # §1: dense and magnitude, full file
 BLOCK, BATCH = 256, 4
 
-# Round 1 (benchmarks/README.md §3a): the paper's lr 1e-4. Round 2 (§3b): 5× the learning rate and,
+# Round 1 (benchmarks/history.md §3a): the paper's lr 1e-4. Round 2 (§3b): 5× the learning rate and,
 # for CAST, the decay at full strength half-way (the quickstart's settings), for both methods: at
 # budgets this CPU allows, the paper's lr cannot move masked weights to zero.
 _KD_LR5 = {"method": "masked_kd", "lr": 5.0e-4}
@@ -249,14 +249,14 @@ def main() -> None:
                         help="rows of earlier runs (this script's --json output) added to the table and plot")
     parser.add_argument("--seed", type=int, default=0, help="training data order; runs named METHOD_sSEED@TOKENS")
     parser.add_argument("--train-text", default="builtin", type=text_arg,
-                        help="training source: builtin or a text file (e.g. benchmarks/austen_corpus.py's)")
+                        help="training source: builtin or a text file (e.g. benchmarks/tools/austen_corpus.py's)")
     parser.add_argument("--heldout-text", default="builtin", type=text_arg,
                         help="in-distribution evaluation text (16 × 512)")
     parser.add_argument("--full-file", nargs="*", default=[], type=full_file_arg, metavar="RUN=JSON",
                         help="full-file WikiText evaluations (sparsequant eval --json) of these runs: a second "
                              "plot, JSON_fullfile.png, with only the runs given (and dense, magnitude)")
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "bench_cast"))
-    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "cast_quality.json"))
+    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "cast_vs_masked_kd" / "cast_quality.json"))
     args = parser.parse_args()
     out = Path(args.out_dir)
     if (args.train_text == "builtin") != (args.heldout_text == "builtin"):

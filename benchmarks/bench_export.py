@@ -8,7 +8,7 @@ exported by the export_onnx stage (which also checks it), then timed in one proc
 sparsequant.eval.latency (what `evaluate: {latency: ...}` runs): prefill of one 512-token prompt and
 greedy decode of 64 tokens after it (median of 3 after a warm-up), with ORT (all fusions) and with
 PyTorch eager fp32, both on the machine's 2 threads.
-Results: benchmarks/results/export.json and markdown rows on stdout.
+Results: benchmarks/results/export/export.json and markdown rows on stdout.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> None:
                "nm_ok": report.get("nm", {}).get("ok"), **timings(artifact)}
         rows.append(row)
         print(json.dumps(row))
-    path = REPO / "benchmarks" / "results" / "export.json"
+    path = REPO / "benchmarks" / "results" / "export" / "export.json"
     path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2) + "\n")
     for r in rows:
         print(f"| {r['name']} | {r['weights']} | {r['onnx_mb']:.0f} | {r['max_abs_diff']:.1e} | {r['greedy_match']} | "

@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--full-dtype", choices=["float32", "bfloat16"], default="bfloat16")
     parser.add_argument("--part", choices=["all", "speed", "quality"], default="all",
                         help="speed: import + tokens/s (needs a quiet machine); quality: full-file perplexities")
-    parser.add_argument("--out", default=None, help="default: benchmarks/results/foundation_<part>.json")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/foundation/foundation_<part>.json")
     args = parser.parse_args()
     text = WIKI.read_text()
     results: dict = {"date": str(date.today()), "machine": f"{platform.processor() or platform.machine()}, "
@@ -63,7 +63,7 @@ def main() -> None:
         results[f"eval_{name}"] = {"tokens_per_s": ours.tokens_per_s, "plain_transformers_tokens_per_s": ref_rate,
                                    "ratio": ours.tokens_per_s / ref_rate, "ppl": ours.perplexity, "plain_ppl": ref_ppl}
         print(name, results[f"eval_{name}"], flush=True)
-    out = Path(args.out or f"benchmarks/results/foundation_{args.part}.json")
+    out = Path(args.out or f"benchmarks/results/foundation/foundation_{args.part}.json")
     if args.part == "speed":
         out.write_text(json.dumps(results, indent=2) + "\n")
         return

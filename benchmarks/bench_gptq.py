@@ -7,7 +7,7 @@ Bases: the dense model and our SparseGPT 2:4 artifact. Schemes: 4-bit asymmetric
 symmetric per channel. Both tools get the same 64×512 calibration blocks (our `calibration_tokens`).
 llm-compressor's quantized weights (fake-quant values held by its in-memory model) are copied into a
 plain transformers model and evaluated by the same evaluate stages as ours. Each run is its own process.
-Results: benchmarks/results/gptq.json and markdown rows on stdout.
+Results: benchmarks/results/gptq/gptq.json and markdown rows on stdout.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--only")
     parser.add_argument("--runs", nargs="*", help="subset of BASE:SCHEME:TOOL names (default: all 8)")
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "bench_gptq"))
-    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "gptq.json"))
+    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "gptq" / "gptq.json"))
     args = parser.parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

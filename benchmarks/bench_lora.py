@@ -8,7 +8,7 @@ adapter unmerged (merge: keep); the same float LoRA merged and re-quantized by G
 requantize, quant_aware: false) — these two train identically, so their difference is the merge
 alone; and quantization-aware LoRA (merge: requantize, the default) that trains through the GPTQ
 grids and merges onto them exactly.
-Results: benchmarks/results/lora.json and markdown rows on stdout.
+Results: benchmarks/results/lora/lora.json and markdown rows on stdout.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main() -> None:
                         choices=["keep", "requantize_gptq", "quant_aware"])
     parser.add_argument("--wiki-windows", type=int, default=128)
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "bench_lora"))
-    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "lora.json"))
+    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "lora" / "lora.json"))
     args = parser.parse_args()
     out = Path(args.out_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

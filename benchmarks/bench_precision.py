@@ -2,11 +2,11 @@
 
 Why `auto` exists: a bf16 matmul is fast only where the CPU has bf16 instructions (AVX512-BF16/AMX);
 on an AVX2-only AMD EPYC the issue measured 35 GFLOPS fp32 vs 1.1 GFLOPS bf16. This prints both
-numbers for the machine it runs on (CPU model and flags first), so benchmarks/README.md §9 can
+numbers for the machine it runs on (CPU model and flags first), so benchmarks/history.md §9 can
 record them next to the CPU. Training-step speed per precision: bench_step.py --configs "cast fp32" "cast bf16".
 
 Run (one torch job at a time on a 2-core machine):
-    .venv/bin/python benchmarks/bench_precision.py [--windows 16] [--json results/precision.json]
+    .venv/bin/python benchmarks/bench_precision.py [--windows 16] [--json benchmarks/results/precision/precision.json]
 """
 
 from __future__ import annotations

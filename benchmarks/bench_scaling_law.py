@@ -7,7 +7,7 @@ Within one run (default): one CAST 2:4 run (built-in corpus, 2 × 128 tokens per
 hyper-parameters) with a held-out perplexity of the hard-pruned model every 10 steps.
 Across runs (--budgets, the paper's protocol): one CAST run per step count, each finishing its own
 schedule, one point each (its final held-out perplexity). Then `sparsequant scaling-law` on them.
-Results: benchmarks/results/scaling_law[_budgets].json and benchmarks/scaling_law[_budgets].png.
+Results: benchmarks/results/scaling_law/scaling_law[_budgets].json and plots_scaling_law[_budgets]/scaling_law.png.
 """
 
 from __future__ import annotations
@@ -51,10 +51,11 @@ def main() -> None:
         name = "scaling_law_budgets"
     else:
         run_dirs, name = [cast_run(REPO / "runs" / "bench_scaling_law", args.steps)], "scaling_law"
-    plots = REPO / "benchmarks" / "results" / name
+    results = REPO / "benchmarks" / "results" / "scaling_law"
+    plots = results / f"plots_{name}"
     result = scaling_law(run_dirs, plots, target=None, fit_fraction=args.fit_fraction, final_only=bool(args.budgets))
     result |= {"date": time.strftime("%Y-%m-%d"), "steps": args.budgets or args.steps, "tokens_per_step": 256}
-    (REPO / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("fit", "holdout")}, indent=2))
 
 

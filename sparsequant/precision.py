@@ -4,7 +4,7 @@ A bf16 matmul is fast only on hardware with bf16 instructions. On a 2-core AMD E
 a (512, 576) @ (576, 1536) matmul ran at 35 GFLOPS in fp32 and 1.1 GFLOPS in bf16 (oneDNN emulates
 bf16 there), so a bf16 default made the quickstart ~8x slower. On a Xeon with AMX the same matmul ran
 4.0x faster in bf16, but on a Xeon with AVX512-BF16 and no AMX it ran 0.60x as fast (253 vs 151
-GFLOPS; evaluate 0.85x): AVX512-BF16 alone does not make bf16 pay (benchmarks/README.md §9). Hence
+GFLOPS; evaluate 0.85x): AVX512-BF16 alone does not make bf16 pay (benchmarks/history.md §9). Hence
 `auto`: bf16 on CUDA devices that support it and on CPUs with AMX-BF16, else fp32. The detection
 lives here and nowhere else.
 
@@ -35,7 +35,7 @@ PRECISION_FIELD = _PrecisionField()
 Precision = Annotated[Literal["auto", "bfloat16", "float32"], PRECISION_FIELD]
 
 # /proc/cpuinfo names of the bf16 instructions that make bf16 faster than fp32 here: AMX tiles only
-# (AVX512-BF16's dot-product instructions alone were slower than fp32 in oneDNN, benchmarks §9).
+# (AVX512-BF16's dot-product instructions alone were slower than fp32 in oneDNN, benchmarks/history.md §9).
 _BF16_CPU_FLAGS = ("amx_bf16",)
 
 

@@ -2,7 +2,7 @@
 
 The built-in corpus is made from the Python standard library's docstrings and documentation.
 Both mix prose with code (doctests, literal blocks, signatures, tables). A 135M model trained or
-calibrated on that mixture learns the code too, and benchmarks/README.md §10 shows how much a narrow
+calibrated on that mixture learns the code too, and benchmarks/history.md §10 shows how much a narrow
 calibration domain costs on general English, so this module keeps only paragraphs that read like
 prose.
 

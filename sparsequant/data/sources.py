@@ -1,7 +1,7 @@
 """Text sources: the built-in corpus, a ``.txt`` or ``.jsonl`` file, or a locally cached HF dataset.
 
 Every source has a ``train`` and a ``heldout`` split that never overlap, so perplexity on the
-held-out split is measured on text the model was not trained or calibrated on (benchmarks/README.md §10: calibrating and scoring on one text flatters it).
+held-out split is measured on text the model was not trained or calibrated on (benchmarks/history.md §10: calibrating and scoring on one text flatters it).
 Files have no splits of their own: their last ~5 % (cut at a paragraph boundary) is held out.
 """
 

@@ -46,10 +46,10 @@ class LoraStageConfig(LoopConfig):
     distill: LoraDistill = LoraDistill()
     merge: Literal["merge", "requantize", "keep"] | None = None  # None: requantize if quantized, else merge
     # requantize: train in float, merge, re-run mask-preserving GPTQ (False, the default), or train through
-    # the parent's fixed grids so the merge lands on them exactly (True; needs many steps, benchmarks §6)
+    # the parent's fixed grids so the merge lands on them exactly (True; needs many steps, benchmarks/history.md §6)
     quant_aware: bool = False
     requantize_calibration: CalibrationConfig = CalibrationConfig(num_samples=16)
-    # GPTQ of the merge onto grids fitted again with the parent's settings (refit, better in benchmarks §6)
+    # GPTQ of the merge onto grids fitted again with the parent's settings (refit, better in benchmarks/history.md §6)
     # or onto the parent's own grids (parent)
     requantize_grids: Literal["refit", "parent"] = "refit"
 

@@ -18,7 +18,7 @@ exactly zero after the sweep whatever the error feedback wrote into them.
 
 Why hand-written: llm-compressor and gptqmodel implement the same sweep inside their modifiers and
 model wrappers, not as a function over (W, H) that keeps a given mask; their GPTQ rewrites pruned
-weights (measured on SmolLM2: 2:4 zero fraction 0.50 -> 0.476, benchmarks/README.md §4). The benchmark compares our SparseGPT
+weights (measured on SmolLM2: 2:4 zero fraction 0.50 -> 0.476, benchmarks/history.md §4). The benchmark compares our SparseGPT
 with llm-compressor's on SmolLM2.
 """
 

@@ -80,7 +80,7 @@ def top_n_of_groups(groups: torch.Tensor, n: int) -> torch.Tensor:
     are (out, G) strided views and each rank is one uint8 (out, G) tensor, so 2:4 costs 6 byte-wide
     compares per group. On SmolLM2's 210 weights this is 2.3x faster than accumulating a (out, G, M) rank
     over M broadcast compares (our previous code) and ~3x faster than torch.topk + scatter
-    (benchmarks/README.md §2), and it compiles to one loop (`sparsequant.training.fused`).
+    (benchmarks/history.md §2), and it compiles to one loop (`sparsequant.training.fused`).
     """
     m = groups.shape[-1]
     columns = [groups[..., i] for i in range(m)]  # M views (out, G)

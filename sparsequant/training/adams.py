@@ -52,7 +52,7 @@ class AdamS(torch.optim.Optimizer):
         eps: ε added to sqrt(v^) in the denominator.
         lam: decay coefficient λ; same order as typical gradients (the paper's guidance).
         alpha: mixing weight α_t in [0, 1]; 0 gives no decay.
-        masked_lr_scale: extension beyond the paper (benchmarks/README.md §3f), 1.0 = the paper. Multiplies
+        masked_lr_scale: extension beyond the paper (benchmarks/history.md §3f), 1.0 = the paper. Multiplies
             the step of masked entries only, so on a short run they can travel to zero (about
             Σ lr·α·scale) without a larger step on the kept weights.
         kept_second_moment: ``"momentum"`` (the paper's Alg. 1: v from μ² on kept entries) or
@@ -332,7 +332,7 @@ def masked_weight_fraction(
     """Fraction of the total |W| mass that sits in masked (mask False) entries.
 
     It measures how far CAST has moved the weights a hard prune will remove: about 0.25 for a
-    fresh 2:4 magnitude mask on SmolLM2, ~0 when the decay has done its work (benchmarks/README.md §3f).
+    fresh 2:4 magnitude mask on SmolLM2, ~0 when the decay has done its work (benchmarks/history.md §3f).
 
     Args:
         params_with_masks: ``(weight, keep_mask)`` pairs, e.g. `AdamS.masked_params()`. Use the raw

@@ -64,7 +64,7 @@ def alpha_at(step: int, total_steps: int, ramp_fraction: float = 1.0) -> float:
     """Decay mixing weight α_t = min(1, t / (ramp_fraction · T)) of Eq. 7.
 
     ``ramp_fraction = 1`` is the paper's α_t = t/T. A smaller value reaches full decay earlier, an
-    extension off by default (benchmarks/README.md §3f) that lengthens the time spent at α = 1.
+    extension off by default (benchmarks/history.md §3f) that lengthens the time spent at α = 1.
 
     Args:
         step: 0-based step index t, >= 0.

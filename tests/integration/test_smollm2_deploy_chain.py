@@ -3,7 +3,7 @@
 Checks the invariants that only the real model can show: 576-wide layers and group 64, a tied
 embedding/head, exact 2:4 in every artifact and in the ONNX graph, weights on their grids, ORT
 agreeing with PyTorch. Only the first two decoder layers are compressed, so the one-shot sweeps
-take seconds (all 210 layers take minutes: benchmarks/README.md); the export is of the whole model.
+take seconds (all 210 layers take minutes: benchmarks/README.md, GPTQ); the export is of the whole model.
 """
 
 import json

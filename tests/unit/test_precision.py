@@ -32,7 +32,7 @@ def test_auto_is_bf16_exactly_when_the_cpu_has_bf16_instructions(cpu_flags):
 
 
 def test_avx512_bf16_without_amx_is_not_native(monkeypatch):
-    # That CPU ran bf16 matmuls at 0.60x fp32 (benchmarks §9), so auto must stay fp32 there.
+    # That CPU ran bf16 matmuls at 0.60x fp32 (benchmarks/history.md §9), so auto must stay fp32 there.
     monkeypatch.setattr(precision, "_cpuinfo_field", lambda key: "fpu avx512f avx512_bf16 avx512_fp16")
     assert precision.cpu_bf16_flags() == () and precision.resolved_name("auto", "cpu") == "float32"
     monkeypatch.setattr(precision, "_cpuinfo_field", lambda key: "fpu avx512_bf16 amx_bf16 amx_tile")

@@ -46,7 +46,7 @@ def test_decay_travel_bound():
 
 
 def test_recommended_steps():
-    assert recommended_steps(0.16, 1e-4) == 3200  # SmolLM2's masked q90 0.16 at lr 1e-4 (benchmarks/README.md §3f)
+    assert recommended_steps(0.16, 1e-4) == 3200  # SmolLM2's masked q90 0.16 at lr 1e-4 (benchmarks/history.md §3f)
     assert recommended_steps(0.007, 2e-5) == 700
     assert recommended_steps(0.0, 1e-4) == 0
     assert recommended_steps(1e-4, 3e-4) == 1

@@ -1,7 +1,7 @@
 """Share of the one-shot magnitude 2:4 mask each finished training run still keeps (the `cast` stage
 writes the same number to its manifest as train.kept_from_one_shot_mask; this reads older runs too).
 
-    .venv/bin/python benchmarks/mask_drift.py runs/bench_cast/*@*/01_cast
+    .venv/bin/python benchmarks/tools/mask_drift.py runs/bench_cast/*@*/01_cast
 """
 
 from __future__ import annotations

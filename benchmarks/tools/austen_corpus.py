@@ -1,7 +1,7 @@
 """Write Jane Austen's six novels as a general-English training text for the CAST benchmarks.
 
 Why: the built-in corpus is Python documentation, far from WikiText, and CAST vs masked KD differ most
-out of domain (benchmarks/README.md §3e-§3f). The paper trains on a general pretraining mix; the closest
+out of domain (benchmarks/history.md §3e-§3f). The paper trains on a general pretraining mix; the closest
 general English prose this machine can fetch (PyPI and Debian only, no dataset hub) is the Debian package
 r-cran-janeaustenr (public-domain Project Gutenberg texts, 3.95 M characters, ~1 M SmolLM2 tokens).
 
