@@ -85,15 +85,6 @@ def tree_input(path_text: str, base_dir: Path, what: str) -> InputRecord:
     return {"kind": "tree", "sha256": sha, "files": count}
 
 
-def builtin_input(split: str) -> InputRecord:
-    """One split of the built-in corpus: its digest and size differ between machines (python3.X-doc)."""
-    from sparsequant.data.builtin import builtin_corpus_info
-
-    info = builtin_corpus_info()
-    return {"kind": "builtin", "split": split, "sha256": info["sha256"][split], "chars": info["chars"][split],
-            "sources": [s["name"] for s in info["sources"]], "format_version": info["format_version"]}
-
-
 def identity_sha256(stage_name: str, resolved_config: dict[str, Any], parent_manifest_sha256: str | None,
                     seed: int | None, trust_remote_code: bool, inputs: dict[str, InputRecord]) -> str:
     """The hash of everything a stage's output depends on (pure: no file is read here)."""

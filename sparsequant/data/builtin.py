@@ -250,3 +250,11 @@ def builtin_corpus_info() -> dict[str, Any]:
         ``heldout_percent``, and per split ``documents``, ``chars`` and ``sha256``.
     """
     return json.loads(json.dumps(_corpus()[1]))  # a deep copy: callers may edit their dict
+
+
+def builtin_input(split: str) -> dict[str, Any]:
+    """The identity record (sparsequant.identity) of one split of the built-in corpus: its digest and size
+    differ between machines (python3.X-doc), so a result made from another machine's corpus is not reused."""
+    info = builtin_corpus_info()
+    return {"kind": "builtin", "split": split, "sha256": info["sha256"][split], "chars": info["chars"][split],
+            "sources": [s["name"] for s in info["sources"]], "format_version": info["format_version"]}

@@ -58,7 +58,8 @@ class DataConfig(StrictModel):
 
     def named_inputs(self, base_dir: Path) -> dict[str, dict[str, Any]]:
         """The digest of the text this block reads, for the stage's identity (sparsequant.identity)."""
-        from sparsequant.identity import builtin_input, file_input
+        from sparsequant.data.builtin import builtin_input
+        from sparsequant.identity import file_input
 
         if self.source == "builtin":
             return {"source": builtin_input(self.split)}

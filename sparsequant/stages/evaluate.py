@@ -59,7 +59,8 @@ class EvaluateConfig(StageConfig):
     latency: LatencyConfig | None = None  # CPU prefill and decode speed, PyTorch and ONNX Runtime
 
     def named_inputs(self, base_dir: Path) -> dict[str, dict]:
-        from sparsequant.identity import builtin_input, file_input
+        from sparsequant.data.builtin import builtin_input
+        from sparsequant.identity import file_input
 
         if self.text is None:
             return {}

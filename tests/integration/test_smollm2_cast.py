@@ -2,28 +2,18 @@
 
 import pytest
 
-from sparsequant.config import load_pipeline
-from sparsequant.pipeline import run_pipeline
-from sparsequant.registry import Registry
 from sparsequant.sparsity.masks import NMPattern, is_nm
 from sparsequant.verify import read_target_weights, verify_artifact
 
 pytestmark = pytest.mark.integration
 
 
-def test_cast_smoke_on_smollm2(smollm2_artifact, tmp_path):
-    path = tmp_path / "p.yaml"
-    path.write_text(f"""\
-version: 1
-input: {smollm2_artifact.path}
-output_dir: run
-stages:
+def test_cast_smoke_on_smollm2(run_on_smollm2):
+    out = run_on_smollm2("""\
   - stage: cast
-    config: {{steps: 3, batch_size: 1, data: {{block_size: 64}}, mask_interval: 2, masked_lr_scale: 20.0,
-              eval_interval: 3, eval_blocks: 1, checkpoint_interval: 2}}
-""")
-    registry = Registry.default()
-    out = run_pipeline(load_pipeline(path, registry), registry, progress=False).final
+    config: {steps: 3, batch_size: 1, data: {block_size: 64}, mask_interval: 2, masked_lr_scale: 20.0,
+              eval_interval: 3, eval_blocks: 1, checkpoint_interval: 2}
+""").final
     weights = read_target_weights(out, out.manifest.sparsity.targets)
     assert len(weights) == 210 and all(is_nm(w, NMPattern(2, 4)) for w in weights.values())
     assert out.manifest.sparsity.zero_fraction == 0.5

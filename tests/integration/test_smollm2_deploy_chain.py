@@ -10,9 +10,6 @@ import json
 
 import pytest
 
-from sparsequant.config import load_pipeline
-from sparsequant.pipeline import run_pipeline
-from sparsequant.registry import Registry
 from sparsequant.verify import verify_artifact
 
 pytestmark = pytest.mark.integration
@@ -24,13 +21,8 @@ LAYERS = 'include: ["model.layers.0.*", "model.layers.1.*"]'
 # 150 s of the default run's 15 min on a 2-core Xeon without AMX (2026-12-07): moved to `make test-slow`;
 # `make quickstart` runs the same chain on the whole model.
 @pytest.mark.slow
-def test_sparsegpt_gptq_lora_onnx_chain(smollm2_artifact, tmp_path):
-    path = tmp_path / "p.yaml"
-    path.write_text(f"""\
-version: 1
-input: {smollm2_artifact.path}
-output_dir: run
-stages:
+def test_sparsegpt_gptq_lora_onnx_chain(run_on_smollm2):
+    result = run_on_smollm2(f"""\
   - stage: prune
     config: {{method: sparsegpt, sparsity: {{{LAYERS}}}, calibration: {CAL}}}
   - stage: gptq
@@ -40,8 +32,6 @@ stages:
   - stage: export_onnx
     config: {{greedy_tokens: 8}}
 """)
-    registry = Registry.default()
-    result = run_pipeline(load_pipeline(path, registry), registry, progress=False)
     for outcome in result.outcomes[1:]:
         report = verify_artifact(result.final.__class__.load(outcome.path))
         assert report.ok and report.layers_checked == 14, outcome.stage_id
