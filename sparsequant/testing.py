@@ -6,7 +6,7 @@ import hashlib
 import time
 from pathlib import Path
 
-from sparsequant.tiny import (  # noqa: F401  (re-exported: tests and plugins import them from here)
+from sparsequant.tiny import (  # re-exported: tests and plugins import them from here
     SPECIAL_TOKENS,
     TINY_FAMILIES,
     TINY_VOCAB,
@@ -56,3 +56,6 @@ def make_artifact(directory: Path, seed: int = 0, **overrides):
     ctx = StageContext(out_dir=directory, work_dir=StageContext.work_dir_for(directory),
                        base_dir=directory.parent, stage_id="00_import", config_sha256=sha, progress=False)
     return ImportStage(config).run(None, ctx)
+
+__all__ = ["SPECIAL_TOKENS", "TINY_FAMILIES", "TINY_VOCAB", "make_artifact", "sample_text", "save_tiny_decoder",
+           "save_tiny_model", "tiny_decoder", "tiny_llama", "tiny_tokenizer"]

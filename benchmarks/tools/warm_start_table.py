@@ -1,0 +1,75 @@
+"""Table + bar plot of finished warm-start runs, read from their last evaluate artifacts' manifests.
+
+An evaluate stage inherits its input's metrics, so the last one of a chain holds the training record
+(metrics.train) and every perplexity measured along the chain. No model is loaded.
+
+    .venv/bin/python benchmarks/tools/warm_start_table.py \
+        --row "SparseGPT -> CAST=runs/warm_131k/06_eval_wiki_full" --row "SparseGPT alone=runs/warm_131k/02_eval_oneshot_wiki64" \
+        --json benchmarks/results/warm_start/budget_131k.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sparsequant.manifest import read_manifest
+from sparsequant.precision import cpu_model
+
+
+def row_of(label: str, stage_dir: Path) -> dict:
+    manifest = read_manifest(stage_dir)
+    train = manifest.metrics.get("train", {})
+    return {"name": label, "artifact": str(stage_dir), "perplexity": manifest.metrics.get("perplexity", {}),
+            "tokens": train.get("tokens"), "train_s": train.get("seconds"), "init": train.get("init", {}).get("method"),
+            "kept_from_one_shot_mask": train.get("kept_from_one_shot_mask"), "lineage": [e.get("stage") for e in
+                                                                                       manifest.lineage]}
+
+
+def column(rows: list[dict], prefix: str) -> str | None:
+    """The perplexity key starting with `prefix` that most rows have (e.g. wiki@512x589)."""
+    keys = [k for r in rows for k in r["perplexity"] if k.startswith(prefix)]
+    return max(set(keys), key=keys.count) if keys else None
+
+
+def plot(rows: list[dict], keys: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
+    for ax, key in zip([axes] if len(keys) == 1 else axes, keys, strict=True):
+        shown = [r for r in rows if key in r["perplexity"]]
+        ax.barh([r["name"] for r in shown], [r["perplexity"][key] for r in shown], color="#4c72b0")
+        for i, r in enumerate(shown):
+            ax.text(r["perplexity"][key], i, f" {r['perplexity'][key]:.1f}", va="center", fontsize=8)
+        ax.set_title(key, fontsize=9)
+        ax.invert_yaxis()
+    fig.suptitle("SmolLM2-135M 2:4: perplexity (lower is better)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--row", action="append", required=True, metavar="LABEL=STAGE_DIR")
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+    rows = [row_of(label, Path(path)) for label, _, path in (r.partition("=") for r in args.row)]
+    keys = [k for k in (column(rows, "wiki@512x589"), column(rows, "wiki@512x64"), column(rows, "builtin")) if k]
+    print("| run | tokens | " + " | ".join(keys) + " | kept from start mask | train s |")
+    print("|---|---|" + "---|" * len(keys) + "---|---|")
+    for r in rows:
+        cells = [f"{r['perplexity'][k]:.2f}" if k in r["perplexity"] else "—" for k in keys]
+        kept = r["kept_from_one_shot_mask"]
+        print(f"| {r['name']} | {r['tokens'] or '—'} | " + " | ".join(cells) +
+              f" | {'—' if kept is None else f'{kept:.5f}'} | {r['train_s'] or '—'} |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"cpu": cpu_model(), "columns": keys, "rows": rows}, indent=2) + "\n")
+    plot(rows, keys, args.json.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
