@@ -23,13 +23,14 @@ def row_of(label: str, stage_dir: Path) -> dict:
     train = manifest.metrics.get("train", {})
     return {"name": label, "artifact": str(stage_dir), "perplexity": manifest.metrics.get("perplexity", {}),
             "tokens": train.get("tokens"), "train_s": train.get("seconds"), "init": train.get("init", {}).get("method"),
-            "kept_from_one_shot_mask": train.get("kept_from_one_shot_mask"), "lineage": [e.get("stage") for e in
+            "kept_from_one_shot_mask": train.get("kept_from_one_shot_mask"),
+            "train_heldout_ppl": train.get("heldout_ppl_pruned"), "lineage": [e.get("stage") for e in
                                                                                        manifest.lineage]}
 
 
-def column(rows: list[dict], prefix: str) -> str | None:
-    """The perplexity key starting with `prefix` that most rows have (e.g. wiki@512x589)."""
-    keys = [k for r in rows for k in r["perplexity"] if k.startswith(prefix)]
+def column(rows: list[dict], prefix: str, exact: bool = False) -> str | None:
+    """The perplexity key starting with `prefix` (or equal to it) that most rows have."""
+    keys = [k for r in rows for k in r["perplexity"] if (k == prefix if exact else k.startswith(prefix))]
     return max(set(keys), key=keys.count) if keys else None
 
 
@@ -58,14 +59,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     rows = [row_of(label, Path(path)) for label, _, path in (r.partition("=") for r in args.row)]
-    keys = [k for k in (column(rows, "wiki@512x589"), column(rows, "wiki@512x64"), column(rows, "builtin")) if k]
-    print("| run | tokens | " + " | ".join(keys) + " | kept from start mask | train s |")
-    print("|---|---|" + "---|" * len(keys) + "---|---|")
+    # the full file has no window count in its key (evaluate without max_windows)
+    keys = [k for k in (column(rows, "wiki@512", exact=True), column(rows, "wiki@512x64"), column(rows, "builtin")) if k]
+    print("| run | tokens | " + " | ".join(keys) + " | training text held out | kept from start mask | train s |")
+    print("|---|---|" + "---|" * len(keys) + "---|---|---|")
     for r in rows:
         cells = [f"{r['perplexity'][k]:.2f}" if k in r["perplexity"] else "—" for k in keys]
         kept = r["kept_from_one_shot_mask"]
-        print(f"| {r['name']} | {r['tokens'] or '—'} | " + " | ".join(cells) +
-              f" | {'—' if kept is None else f'{kept:.5f}'} | {r['train_s'] or '—'} |")
+        held = r["train_heldout_ppl"]
+        print(f"| {r['name']} | {r['tokens'] or '—'} | " + " | ".join(cells) + f" | {'—' if held is None else f'{held:.2f}'}"
+              f" | {'—' if kept is None else f'{kept:.7f}'} | {r['train_s'] or '—'} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"cpu": cpu_model(), "columns": keys, "rows": rows}, indent=2) + "\n")
     plot(rows, keys, args.json.with_suffix(".png"))
