@@ -70,6 +70,9 @@ class CastConfig(LoopConfig):
     eps: float = Field(1e-8, gt=0)
     lam: float = Field(1e-3, ge=0)  # λ, of the order of typical gradients (training/adams.py)
     alpha_ramp: float = Field(1.0, gt=0, le=1)  # α_t = min(1, t / (alpha_ramp·T)); 1.0 = the paper
+    # False: α_t = 0 at every step, the ablation "no decay mixing": masked weights get plain Adam steps and
+    # only the final hard prune removes them (cast only; the other methods have no α).
+    decay_mixing: bool = True
     masked_lr_scale: float = Field(1.0, gt=0)  # step multiplier for masked entries only; 1.0 = the paper
     # Extensions of AdamS (training/adams.py), off = the paper: v from g² on kept weights (Adam's
     # statistics); masked weights that would cross 0 rest at 0 instead of oscillating around it.

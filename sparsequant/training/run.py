@@ -32,6 +32,8 @@ def masked_q90(targets, pattern) -> float:
 
 def budget_warning(cfg: CastConfig, q90: float) -> tuple[float, str | None]:
     """Σ lr_t·α_t, the farthest a masked weight can be pulled; warn when it cannot reach zero."""
+    if not cfg.decay_mixing:  # the ablation: nothing pulls masked weights, so there is no budget to check
+        return 0.0, None
     travel = cfg.masked_lr_scale * decay_travel_bound(cfg.steps, cfg.lr, cfg.warmup_steps, cfg.schedule,
                                                       cfg.min_lr_ratio, cfg.alpha_ramp)
     if travel >= q90:

@@ -95,7 +95,7 @@ class CastTask(TaskBase):
                 if "mask" in self.optimizer.state.get(w, {})}
 
     def before_step(self, step: int) -> dict[str, float]:
-        alpha = alpha_at(step, self.steps, self.cfg.alpha_ramp)
+        alpha = alpha_at(step, self.steps, self.cfg.alpha_ramp) if self.cfg.decay_mixing else 0.0
         self.optimizer.param_groups[0]["alpha"] = alpha
         if step % self.cfg.effective_mask_interval == 0:
             flipped, total = 0, 0

@@ -13,11 +13,20 @@ from sparsequant.training.tasks import CastTask, TaskInputs
 CFG = CastConfig(lr=1e-3, steps=20)
 
 
-def make_task(model=None, teacher=None, eta=0.0):
+def make_task(model=None, teacher=None, eta=0.0, cfg=CFG):
     model = model or tiny_llama()
     targets = select_projections(model, ["model.layers.*"], [])
     objective = KDObjective(teacher, eta, 1.0, None)
-    return CastTask(TaskInputs(model, targets, NMPattern(2, 4), objective, torch.zeros(1, 8, dtype=torch.long)), CFG)
+    return CastTask(TaskInputs(model, targets, NMPattern(2, 4), objective, torch.zeros(1, 8, dtype=torch.long)), cfg)
+
+
+def test_alpha_follows_the_ramp_and_is_zero_without_decay_mixing():
+    ramped, ablated = make_task(), make_task(cfg=CFG.model_copy(update={"decay_mixing": False}))
+    for step in (0, 5, 10, 19):
+        ramped.before_step(step)
+        ablated.before_step(step)
+        assert ramped.optimizer.param_groups[0]["alpha"] == step / 20  # α_t = t/T, T = CFG.steps
+        assert ablated.optimizer.param_groups[0]["alpha"] == 0.0
 
 
 def test_masks_set_before_first_update_and_flip_rate_counts_changes():
