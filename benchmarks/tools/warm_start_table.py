@@ -6,12 +6,16 @@ An evaluate stage inherits its input's metrics, so the last one of a chain holds
     .venv/bin/python benchmarks/tools/warm_start_table.py \
         --row "SparseGPT -> CAST=runs/warm_131k/06_eval_wiki_full" --row "SparseGPT alone=runs/warm_131k/02_eval_oneshot_wiki64" \
         --json benchmarks/results/warm_start/budget_131k.json
+
+With --grid DIR every finished row of benchmarks/warm_start/grid.py in DIR is added (its last stage,
+`NN_eval_builtin_<row>_<k>k`, labelled `<row> @<k>k`), and a second plot shows perplexity against tokens.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from sparsequant.manifest import read_manifest
@@ -26,6 +30,44 @@ def row_of(label: str, stage_dir: Path) -> dict:
             "kept_from_one_shot_mask": train.get("kept_from_one_shot_mask"),
             "train_heldout_ppl": train.get("heldout_ppl_pruned"), "lineage": [e.get("stage") for e in
                                                                                        manifest.lineage]}
+
+
+GRID_STAGE = re.compile(r"\d\d_eval_builtin_(?P<row>.+)_(?P<k>\d+)k")
+
+
+def grid_rows(output_dir: Path) -> list[tuple[str, Path]]:
+    """(label, stage dir) of every finished grid row in `output_dir`, by row then budget."""
+    found = [(m["row"], int(m["k"]), d) for d in output_dir.iterdir()
+             if (m := GRID_STAGE.fullmatch(d.name)) and (d / "sparsequant.json").is_file()]
+    return [(f"{row} @{k}k", d) for row, k, d in sorted(found, key=lambda f: (f[0], f[1]))]
+
+
+def plot_budgets(rows: list[dict], key: str, path: Path) -> None:
+    """Perplexity against training tokens, one line per start -> method (the label before ' @')."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if r["tokens"] and key in r["perplexity"]:
+            lines.setdefault(r["name"].split(" @")[0], []).append((r["tokens"], r["perplexity"][key]))
+    for name, points in sorted(lines.items()):
+        tokens, ppl = zip(*sorted(points), strict=True)
+        ax.plot(tokens, ppl, marker="o", label=name)
+    for r in rows:  # one-shot starts: no training tokens, a horizontal reference
+        if not r["tokens"] and key in r["perplexity"]:
+            ax.axhline(r["perplexity"][key], linestyle="--", linewidth=0.8, color="grey")
+            ax.text(ax.get_xlim()[0], r["perplexity"][key], f" {r['name']}", fontsize=7, va="bottom")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel(f"perplexity ({key})")
+    ax.set_title("SmolLM2-135M 2:4 (lower is better)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def column(rows: list[dict], prefix: str, exact: bool = False) -> str | None:
@@ -55,10 +97,12 @@ def plot(rows: list[dict], keys: list[str], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--row", action="append", required=True, metavar="LABEL=STAGE_DIR")
+    parser.add_argument("--row", action="append", default=[], metavar="LABEL=STAGE_DIR")
+    parser.add_argument("--grid", type=Path, help="add every finished benchmarks/warm_start/grid.py row in this dir")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
-    rows = [row_of(label, Path(path)) for label, _, path in (r.partition("=") for r in args.row)]
+    named = [(label, Path(path)) for label, _, path in (r.partition("=") for r in args.row)]
+    rows = [row_of(label, path) for label, path in named + (grid_rows(args.grid) if args.grid else [])]
     # the full file has no window count in its key (evaluate without max_windows)
     keys = [k for k in (column(rows, "wiki@512", exact=True), column(rows, "wiki@512x64"), column(rows, "builtin")) if k]
     print("| run | tokens | " + " | ".join(keys) + " | training text held out | kept from start mask | train s |")
@@ -72,6 +116,8 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"cpu": cpu_model(), "columns": keys, "rows": rows}, indent=2) + "\n")
     plot(rows, keys, args.json.with_suffix(".png"))
+    if args.grid and (wiki := column(rows, "wiki@512x64")):
+        plot_budgets(rows, wiki, args.json.with_name(args.json.stem + "_tokens.png"))
 
 
 if __name__ == "__main__":

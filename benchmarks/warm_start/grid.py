@@ -63,11 +63,12 @@ def relative(path: Path, folder: Path) -> str:
     return os.path.relpath(path, folder)
 
 
-def prune_stages(start: str | None) -> list[dict]:
+def prune_stages(start: str | None, seed: int) -> list[dict]:
     """The one-shot start and its WikiText score; ids shared by every row with this start."""
     if start is None:
         return []
-    suffix = "" if start == "sparsegpt" else f"_{start}"  # "prune" / "eval_oneshot_wiki64": the 131k runs' ids
+    # "prune" / "eval_oneshot_wiki64" for SparseGPT at seed 0: the 131k runs' ids, so their prune is reused
+    suffix = ("" if start == "sparsegpt" else f"_{start}") + (f"_s{seed}" if seed else "")
     calibration = {"data": {"source": relative(AUSTEN, HERE), "block_size": 512}, "num_samples": 64}
     return [{"stage": "prune", "id": f"prune{suffix}",
              "config": {"method": start, "sparsity": SPARSITY, "calibration": calibration}},
@@ -80,22 +81,29 @@ def evaluate(stage_id: str, text: str) -> dict:
     return {"stage": "evaluate", "id": stage_id, "config": {**config, **({"name": "wiki"} if text == "wiki" else {})}}
 
 
-def pipeline(row: str, tokens: int, output_dir: str) -> dict:
+def name_of(row: str, tokens: int, seed: int) -> str:
+    """`sparsegpt_cast_65k` (seed 0) or `sparsegpt_cast_s1_65k`: 16384 -> 16k, 65536 -> 65k, 131072 -> 131k."""
+    return f"{row}{f'_s{seed}' if seed else ''}_{tokens // 1000}k"
+
+
+def pipeline(row: str, tokens: int, output_dir: str, seed: int = 0) -> dict:
     start, train = ROWS[row]
     steps = tokens // BLOCK
-    tag = f"{row}_{tokens // 1000}k"  # 16384 -> 16k, 65536 -> 65k, 131072 -> 131k
+    tag = name_of(row, tokens, seed)
     # 25 warmup steps (history §3b) at 65k and 131k; a tenth of the run at smaller budgets
     cast = {**train, "sparsity": SPARSITY, "data": {"source": relative(AUSTEN, HERE), "block_size": BLOCK}, "steps": steps,
             "batch_size": 1, "warmup_steps": min(25, steps // 10), "checkpoint_interval": 64}
-    stages = [*prune_stages(start), {"stage": "cast", "id": f"cast_{tag}", "config": cast},
+    stages = [*prune_stages(start, seed), {"stage": "cast", "id": f"cast_{tag}", "config": cast},
               evaluate(f"eval_wiki64_{tag}", "wiki"), evaluate(f"eval_builtin_{tag}", "builtin")]
-    return {"version": 1, "input": "smollm2-135m", "output_dir": output_dir, "seed": 0, "stages": stages}
+    # another seed re-draws the calibration sample and the data order, so its prune is its own stage
+    return {"version": 1, "input": "smollm2-135m", "output_dir": output_dir, "seed": seed, "stages": stages}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budgets", type=int, nargs="+", required=True, help="training tokens per row")
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), required=True)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=REPO / "runs/warm_131k")
     parser.add_argument("--run", action="store_true", help="run the pipelines one after another")
     args = parser.parse_args()
@@ -104,9 +112,9 @@ def main() -> None:
     folder = HERE
     for tokens in args.budgets:
         for row in args.rows:
-            path = folder / f"{row}_{tokens // 1000}k.yaml"
-            text = yaml.dump(pipeline(row, tokens, relative(args.output_dir.resolve(), folder)), Dumper=PlainDumper,
-                             sort_keys=False)
+            path = folder / f"{name_of(row, tokens, args.seed)}.yaml"
+            output_dir = relative(args.output_dir.resolve(), folder)
+            text = yaml.dump(pipeline(row, tokens, output_dir, args.seed), Dumper=PlainDumper, sort_keys=False)
             path.write_text(f"# written by benchmarks/warm_start/grid.py (issue 25 grid); rerun it to change\n{text}")
             command = [str(REPO / ".venv/bin/sparsequant"), "run", os.path.relpath(path, REPO)]
             print(" ".join(command), flush=True)
