@@ -8,7 +8,8 @@ An evaluate stage inherits its input's metrics, so the last one of a chain holds
         --json benchmarks/results/warm_start/budget_131k.json
 
 With --grid DIR every finished row of benchmarks/warm_start/grid.py in DIR is added (its last stage,
-`NN_eval_builtin_<row>_<k>k`, labelled `<row> @<k>k`), and a second plot shows perplexity against tokens.
+`NN_eval_builtin_<row>_<k>k` or `NN_eval_wiki_full_<row>_<k>k`, labelled `<row> @<k>k`), and a second plot
+shows perplexity against tokens.
 """
 
 from __future__ import annotations
@@ -32,14 +33,18 @@ def row_of(label: str, stage_dir: Path) -> dict:
                                                                                        manifest.lineage]}
 
 
-GRID_STAGE = re.compile(r"\d\d_eval_builtin_(?P<row>.+)_(?P<k>\d+)k")
+GRID_STAGE = re.compile(r"(?P<index>\d\d)_eval_(builtin|wiki_full)_(?P<row>.+)_(?P<k>\d+)k")
 
 
 def grid_rows(output_dir: Path) -> list[tuple[str, Path]]:
-    """(label, stage dir) of every finished grid row in `output_dir`, by row then budget."""
-    found = [(m["row"], int(m["k"]), d) for d in output_dir.iterdir()
-             if (m := GRID_STAGE.fullmatch(d.name)) and (d / "sparsequant.json").is_file()]
-    return [(f"{row} @{k}k", d) for row, k, d in sorted(found, key=lambda f: (f[0], f[1]))]
+    """(label, last finished evaluate dir) of every grid row in `output_dir`, by row then budget."""
+    last: dict[tuple[str, int], tuple[str, Path]] = {}
+    for d in output_dir.iterdir():
+        if (m := GRID_STAGE.fullmatch(d.name)) and (d / "sparsequant.json").is_file():
+            key = (m["row"], int(m["k"]))
+            if key not in last or m["index"] > last[key][0]:
+                last[key] = (m["index"], d)
+    return [(f"{row} @{k}k", last[(row, k)][1]) for row, k in sorted(last)]
 
 
 def plot_budgets(rows: list[dict], key: str, path: Path) -> None:

@@ -40,16 +40,18 @@ CAST = {"method": "cast", "lr": 2.0e-4, "kept_second_moment": "gradient", "lam":
 MAGNITUDE_CAST = {"method": "cast", "init": "magnitude", "lr": 5.0e-4, "alpha_ramp": 0.1, "masked_lr_scale": 10.0,
                   "stop_at_zero": True, "kept_second_moment": "gradient", "lam": 1.0e-3,
                   "distill": {"eta": 1.0, "temperature": 1.0, "teacher": "auto"}}
-# row name -> (one-shot start or None, training config). Ablations change one key of CAST (the paper's three).
+# row name -> (one-shot start or None, training config). The paper's three ablations change one key of CAST.
 ROWS: dict[str, tuple[str | None, dict]] = {
     "sparsegpt_cast": ("sparsegpt", CAST),
     "sparsegpt_masked_kd": ("sparsegpt", {**CAST, "method": "masked_kd"}),
     "wanda_cast": ("wanda", CAST),
     "magnitude_cast": (None, MAGNITUDE_CAST),
-    "sparsegpt_cast_no_decay_mixing": ("sparsegpt", {**CAST, "decay_mixing": False}),  # α_t = 0
-    "sparsegpt_cast_no_scaling": ("sparsegpt", {**CAST, "scale_blocks": 0}),
-    "sparsegpt_cast_no_kd": ("sparsegpt", {**CAST, "distill": {**CAST["distill"], "eta": 0.0}}),  # CE only
 }
+ABLATIONS = {"no_decay_mixing": {"decay_mixing": False},  # α_t = 0
+             "no_scaling": {"scale_blocks": 0},
+             "no_kd": {"distill": {**CAST["distill"], "eta": 0.0}}}  # cross-entropy only
+ROWS |= {f"{start}_cast_{name}": (start, {**CAST, **change}) for start in ("sparsegpt", "wanda")
+         for name, change in ABLATIONS.items()}
 
 
 class PlainDumper(yaml.SafeDumper):
@@ -86,7 +88,7 @@ def name_of(row: str, tokens: int, seed: int) -> str:
     return f"{row}{f'_s{seed}' if seed else ''}_{tokens // 1000}k"
 
 
-def pipeline(row: str, tokens: int, output_dir: str, seed: int = 0) -> dict:
+def pipeline(row: str, tokens: int, output_dir: str, seed: int = 0, full_file: bool = False) -> dict:
     start, train = ROWS[row]
     steps = tokens // BLOCK
     tag = name_of(row, tokens, seed)
@@ -95,6 +97,10 @@ def pipeline(row: str, tokens: int, output_dir: str, seed: int = 0) -> dict:
             "batch_size": 1, "warmup_steps": min(25, steps // 10), "checkpoint_interval": 64}
     stages = [*prune_stages(start, seed), {"stage": "cast", "id": f"cast_{tag}", "config": cast},
               evaluate(f"eval_wiki64_{tag}", "wiki"), evaluate(f"eval_builtin_{tag}", "builtin")]
+    if full_file:  # all 589 windows of WikiText-2 test (~10 min on 2 cores); the table reads it from this last stage
+        full = evaluate(f"eval_wiki_full_{tag}", "wiki")
+        del full["config"]["max_windows"]
+        stages.append(full)
     # another seed re-draws the calibration sample and the data order, so its prune is its own stage
     return {"version": 1, "input": "smollm2-135m", "output_dir": output_dir, "seed": seed, "stages": stages}
 
@@ -104,6 +110,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", required=True, help="training tokens per row")
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--full-file", action="store_true", help="also score the whole WikiText-2 test file")
     parser.add_argument("--output-dir", type=Path, default=REPO / "runs/warm_131k")
     parser.add_argument("--run", action="store_true", help="run the pipelines one after another")
     args = parser.parse_args()
@@ -114,7 +121,7 @@ def main() -> None:
         for row in args.rows:
             path = folder / f"{name_of(row, tokens, args.seed)}.yaml"
             output_dir = relative(args.output_dir.resolve(), folder)
-            text = yaml.dump(pipeline(row, tokens, output_dir, args.seed), Dumper=PlainDumper, sort_keys=False)
+            text = yaml.dump(pipeline(row, tokens, output_dir, args.seed, args.full_file), Dumper=PlainDumper, sort_keys=False)
             path.write_text(f"# written by benchmarks/warm_start/grid.py (issue 25 grid); rerun it to change\n{text}")
             command = [str(REPO / ".venv/bin/sparsequant"), "run", os.path.relpath(path, REPO)]
             print(" ".join(command), flush=True)

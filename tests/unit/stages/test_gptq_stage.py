@@ -81,6 +81,14 @@ def test_off_grid_weights_are_reported(tmp_path, text_file):
     assert failures == ["model.layers.0.mlp.up_proj: 1 of 8192 weights are off their 4-bit grid"]
 
 
+def test_a_missing_grids_file_is_reported_with_the_fix(tmp_path, text_file):
+    final = run(tmp_path, prune_then_gptq()).final
+    final.quantization_file.unlink()
+    (failure,), checked = grid_failures(final)
+    assert checked == 0
+    assert str(final.quantization_file) in failure and "re-run its gptq stage" in failure
+
+
 def test_bad_group_size_and_double_quantization_are_clear_errors(tmp_path, text_file):
     with pytest.raises(SparsequantError, match="group_size 48 does not divide.*use group_size 64 or 32"):
         run(tmp_path, prune_then_gptq(gptq="bits: 4, group_size: 48"), name="bad_group")
