@@ -8,8 +8,9 @@ reused by every row and budget through the stage identity. One torch job at a ti
     make corpus
     .venv/bin/python benchmarks/warm_start/grid.py --budgets 16384 65536 --rows sparsegpt_cast sparsegpt_masked_kd \
         wanda_cast magnitude_cast --run
-    .venv/bin/python benchmarks/warm_start/grid.py --budgets 65536 --rows sparsegpt_cast_no_decay_mixing \
-        sparsegpt_cast_no_scaling sparsegpt_cast_no_kd --run
+    .venv/bin/python benchmarks/warm_start/grid.py --budgets 131072 --rows wanda_cast --full-file --run
+    .venv/bin/python benchmarks/warm_start/grid.py --budgets 65536 --rows wanda_cast_no_kd wanda_cast_no_scaling \
+        wanda_cast_no_decay_mixing --run
 
 Without --run the pipelines are only written (benchmarks/warm_start/<row>_<k>k.yaml, next to the 131k ones whose
 paths they repeat character for character: a config's paths are part of its identity) and their commands printed.
@@ -32,14 +33,13 @@ AUSTEN = REPO / "runs/corpora/austen_train.txt"
 SPARSITY = {"pattern": "2:4", "include": ["model.layers.*"], "exclude": ["lm_head"]}
 BLOCK = 256  # tokens per training sequence; batch 1, so steps = budget / 256
 
-# The SparseGPT -> CAST settings of pipelines/cast_smollm2.yaml (the best measured at 131k tokens).
+# The training settings of pipelines/cast_smollm2.yaml (the best measured at 131k tokens), for every calibrated start.
 CAST = {"method": "cast", "lr": 2.0e-4, "kept_second_moment": "gradient", "lam": 1.0e-3,
         "distill": {"eta": 1.0, "temperature": 1.0, "teacher": "auto"}}
 # CAST's own start before issue 25 (magnitude masks from the dense model): the tuned "quick" decay of
 # benchmarks/history.md §3h, which needs lr 5e-4 and a 10x masked step to zero the pruned half early.
 MAGNITUDE_CAST = {"method": "cast", "init": "magnitude", "lr": 5.0e-4, "alpha_ramp": 0.1, "masked_lr_scale": 10.0,
-                  "stop_at_zero": True, "kept_second_moment": "gradient", "lam": 1.0e-3,
-                  "distill": {"eta": 1.0, "temperature": 1.0, "teacher": "auto"}}
+                  "stop_at_zero": True, "kept_second_moment": "gradient", "lam": 1.0e-3, "distill": CAST["distill"]}
 # row name -> (one-shot start or None, training config). The paper's three ablations change one key of CAST.
 ROWS: dict[str, tuple[str | None, dict]] = {
     "sparsegpt_cast": ("sparsegpt", CAST),
@@ -61,24 +61,20 @@ class PlainDumper(yaml.SafeDumper):
         return True
 
 
-def relative(path: Path, folder: Path) -> str:
-    return os.path.relpath(path, folder)
-
-
 def prune_stages(start: str | None, seed: int) -> list[dict]:
     """The one-shot start and its WikiText score; ids shared by every row with this start."""
     if start is None:
         return []
     # "prune" / "eval_oneshot_wiki64" for SparseGPT at seed 0: the 131k runs' ids, so their prune is reused
     suffix = ("" if start == "sparsegpt" else f"_{start}") + (f"_s{seed}" if seed else "")
-    calibration = {"data": {"source": relative(AUSTEN, HERE), "block_size": 512}, "num_samples": 64}
+    calibration = {"data": {"source": os.path.relpath(AUSTEN, HERE), "block_size": 512}, "num_samples": 64}
     return [{"stage": "prune", "id": f"prune{suffix}",
              "config": {"method": start, "sparsity": SPARSITY, "calibration": calibration}},
             evaluate(f"eval_oneshot{suffix}_wiki64", "wiki")]
 
 
 def evaluate(stage_id: str, text: str) -> dict:
-    source = {"wiki": relative(WIKI, HERE), "builtin": "builtin"}[text]
+    source = {"wiki": os.path.relpath(WIKI, HERE), "builtin": "builtin"}[text]
     config = {"text": source, "seq_len": 512, "max_windows": 64 if text == "wiki" else 16, "size": False}
     return {"stage": "evaluate", "id": stage_id, "config": {**config, **({"name": "wiki"} if text == "wiki" else {})}}
 
@@ -93,7 +89,7 @@ def pipeline(row: str, tokens: int, output_dir: str, seed: int = 0, full_file: b
     steps = tokens // BLOCK
     tag = name_of(row, tokens, seed)
     # 25 warmup steps (history §3b) at 65k and 131k; a tenth of the run at smaller budgets
-    cast = {**train, "sparsity": SPARSITY, "data": {"source": relative(AUSTEN, HERE), "block_size": BLOCK}, "steps": steps,
+    cast = {**train, "sparsity": SPARSITY, "data": {"source": os.path.relpath(AUSTEN, HERE), "block_size": BLOCK}, "steps": steps,
             "batch_size": 1, "warmup_steps": min(25, steps // 10), "checkpoint_interval": 64}
     stages = [*prune_stages(start, seed), {"stage": "cast", "id": f"cast_{tag}", "config": cast},
               evaluate(f"eval_wiki64_{tag}", "wiki"), evaluate(f"eval_builtin_{tag}", "builtin")]
@@ -116,11 +112,10 @@ def main() -> None:
     args = parser.parse_args()
     if not AUSTEN.is_file():
         sys.exit(f"{AUSTEN} is missing: run `make corpus` first")
-    folder = HERE
     for tokens in args.budgets:
         for row in args.rows:
-            path = folder / f"{name_of(row, tokens, args.seed)}.yaml"
-            output_dir = relative(args.output_dir.resolve(), folder)
+            path = HERE / f"{name_of(row, tokens, args.seed)}.yaml"
+            output_dir = os.path.relpath(args.output_dir.resolve(), HERE)
             text = yaml.dump(pipeline(row, tokens, output_dir, args.seed, args.full_file), Dumper=PlainDumper, sort_keys=False)
             path.write_text(f"# written by benchmarks/warm_start/grid.py (issue 25 grid); rerun it to change\n{text}")
             command = [str(REPO / ".venv/bin/sparsequant"), "run", os.path.relpath(path, REPO)]
